@@ -1,0 +1,155 @@
+"""Convert the official MUTR checkpoints (OpenGVLab/MUTR ``.pth``) to mutr checkpoints.
+
+The rename table below maps every official key to mutr's name; it is tested against the full
+official ResNet-50 key list. Loading never executes code: ``torch.load(weights_only=True)`` with
+only ``argparse.Namespace`` allow-listed (the ``args`` entry of the official files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mutr.config import MUTRConfig
+from mutr.errors import CheckpointError
+
+# (official regex, mutr replacement), applied first-match-wins.
+RENAMES: list[tuple[str, str]] = [
+    # torchvision ResNet -> transformers ResNetBackbone
+    (r"^backbone\.0\.body\.conv1\.", "backbone.body.embedder.embedder.convolution."),
+    (r"^backbone\.0\.body\.bn1\.", "backbone.body.embedder.embedder.normalization."),
+    (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.0\.", "backbone.body.encoder.stages.{s}.layers.\\2.shortcut.convolution."),
+    (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.downsample\.1\.", "backbone.body.encoder.stages.{s}.layers.\\2.shortcut.normalization."),
+    (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.conv(\d)\.", "backbone.body.encoder.stages.{s}.layers.\\2.layer.{k}.convolution."),
+    (r"^backbone\.0\.body\.layer(\d)\.(\d+)\.bn(\d)\.", "backbone.body.encoder.stages.{s}.layers.\\2.layer.{k}.normalization."),
+    # reference encoder
+    (r"^text_encoder\.", "text_encoder.model."),
+    (r"^resizer\.", "text_encoder.resizer."),
+    # fusion, MTA, heads
+    (r"^fusion_module\.", "fusion."),
+    (r"^MTA\.layers\.0\.", "mta.layer."),
+    (r"^class_embed\.", "heads.class_embed."),
+    (r"^bbox_embed\.", "heads.bbox_embed."),
+    (r"^controller\.", "heads.mask_head.controller."),
+    # pixel decoder convs carry their norm as a child
+    (r"^pixel_decoder\.(adapter|layer)_(\d)\.weight$", "pixel_decoder.\\1_\\2.conv.weight"),
+    # MTI decoder lists
+    (r"^mti\.transformer_cross_attention_layers\.", "mti.dec_cross_attn."),
+    (r"^mti\.transformer_self_attention_layers\.", "mti.dec_self_attn."),
+    (r"^mti\.transformer_ffn_layers\.", "mti.dec_ffn."),
+]
+ALIAS_PREFIX = "transformer.decoder.bbox_embed."  # the same tensors as bbox_embed.* (box refine)
+_DROP = re.compile(r"(^text_encoder\.embeddings\.position_ids$|total_params$|total_ops$|num_batches_tracked$)")
+_COMPILED = [(re.compile(p), r) for p, r in RENAMES]
+
+
+def official_to_mutr_key(key: str) -> str:
+    """Rename one official key; keys not in the table keep their name (input_proj, transformer, ...)."""
+    for pattern, repl in _COMPILED:
+        match = pattern.match(key)
+        if match:
+            out = repl
+            if "{s}" in out:
+                out = out.replace("{s}", str(int(match.group(1)) - 1))
+            if "{k}" in out:
+                out = out.replace("{k}", str(int(match.group(3)) - 1))
+            return pattern.sub(out, key, count=1)
+    return key
+
+
+def load_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Read an official ``.pth`` safely and return its bare state_dict (official names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise CheckpointError(
+                f"{path} contains pickled objects that would run code when loaded; refused "
+                "(only plain tensors and argparse.Namespace are accepted)") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0][:120]}); "
+                              "is the file truncated or of another type? download it again") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state_dict (expected a dict of tensors or {{'model': ...}})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def infer_preset(official: dict[str, Tensor]) -> MUTRConfig:
+    """The preset an official state_dict fits: backbone depth, box refinement and class count."""
+    blocks = {int(m.group(1)) for k in official for m in [re.match(r"backbone\.0\.body\.layer3\.(\d+)\.", k)] if m}
+    if not blocks:
+        raise CheckpointError("this checkpoint's backbone is not a torchvision ResNet; only the r50 and r101 "
+                              "official layouts can be converted")
+    depth = max(blocks) + 1
+    name = {6: "r50", 23: "r101"}.get(depth)
+    if name is None:
+        raise CheckpointError(f"unknown ResNet depth (layer3 has {depth} blocks); expected r50 (6) or r101 (23)")
+    config = MUTRConfig.preset(name)
+    refine = any(k.startswith(ALIAS_PREFIX) for k in official)
+    classes = official["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in official else 1
+    return replace(config, heads=replace(config.heads, with_box_refine=refine, num_classes=classes))
+
+
+def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | None = None) -> tuple[dict[str, Tensor], MUTRConfig]:
+    """Official state_dict -> (mutr state_dict, config). Every official key must be used."""
+    fitting = infer_preset(official)
+    if config is None:
+        config = fitting
+    elif isinstance(config, str):
+        config = MUTRConfig.preset(config)
+        config = replace(config, heads=replace(config.heads, with_box_refine=fitting.heads.with_box_refine,
+                                               num_classes=fitting.heads.num_classes))
+    out: dict[str, Tensor] = {}
+    for key, value in official.items():
+        if _DROP.search(key):
+            continue
+        if key.startswith(ALIAS_PREFIX):
+            twin = key[len("transformer.decoder."):]
+            if twin not in official or not torch.equal(official[twin], value):
+                raise CheckpointError(f"{key} should equal {twin} (the same module in the official model) but "
+                                      "does not; the checkpoint is corrupt")
+            continue
+        out[official_to_mutr_key(key)] = value
+    from mutr.model.mutr import MUTR
+
+    with torch.device("meta"):
+        expected = MUTR(config).state_dict()
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    wrong = [k for k in expected if k in out and tuple(out[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        hint = f" (it fits preset {fitting.name!r}: pass --preset {fitting.name})" if fitting.name != config.name else ""
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+        parts = [f"{label}: {show(v)}" for label, v in (("missing", missing), ("unexpected", unexpected),
+                                                         ("wrong shape", wrong)) if v]
+        raise CheckpointError(f"checkpoint does not fit preset {config.name!r}{hint}; " + "; ".join(parts))
+    return out, config
+
+
+def convert_checkpoint(src: str | Path, out_dir: str | Path, preset: str | None = None,
+                       overwrite: bool = False) -> Path:
+    """``mutr convert``: official .pth -> ``out_dir/config.json`` + ``model.safetensors``."""
+    from mutr.errors import OutputExistsError
+    from mutr.model.mutr import MUTR
+
+    out = Path(out_dir)
+    if (out / "model.safetensors").exists() and not overwrite:
+        raise OutputExistsError(f"{out / 'model.safetensors'} exists; pass --overwrite to replace it")
+    state, config = convert_state_dict(load_official_checkpoint(src), preset)
+    model = MUTR(config)
+    model.load_state_dict_checked(state)
+    return model.save_pretrained(out)
