@@ -46,6 +46,8 @@ class TextEncoder(nn.Module):
         self.max_length = config.max_length
         if config.freeze:
             self.model.requires_grad_(False)
+        if self.model.pooler is not None:  # its output is never used: keep it out of training
+            self.model.pooler.requires_grad_(False)
 
     @property
     def vocab_size(self) -> int:
