@@ -1,0 +1,738 @@
+"""Named weights: where each one comes from, how it is checked, and where it lives once fetched.
+
+`REGISTRY` maps a name (``mutr-r50``, ``vggish``, ...) to a `WeightsEntry`; `download` fetches an
+entry (or a bare URL) into the cache and returns its local path; `resolve_checkpoint` turns a
+registry name or a path into a local checkpoint folder without touching the network.
+
+Cache layout (``$MUTR_HOME``, else ``$XDG_CACHE_HOME/mutr``, else ``~/.cache/mutr``)::
+
+    <home>/<name>/config.json, model.safetensors, tokenizer.json   converted official checkpoint
+    <home>/<name>/official/<name>.pth                                the official file it came from
+    <home>/<name>/<file>                                             other URL entries (VGGish)
+    <home>/downloads/<url-hash>/<file>                               `mutr download URL`
+
+Files from the Hugging Face Hub stay in the Hub's own cache. A URL download is written to
+``<file>.part`` (with ``<file>.part.json`` naming its source), resumed with a ``Range`` request
+after an interruption, checked against its sha256, and only then renamed to ``<file>``; the hash
+it had is kept in ``<file>.sha256``. Tests point the engine at a local server through
+``MUTR_GDRIVE_URL`` (Google Drive's base URL) and ``MUTR_HF_ENDPOINT`` (the Hub's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import html
+import http.client
+import http.cookiejar
+import inspect
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Optional
+
+from mutr.errors import DownloadError, InputError
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, Optional[int]], None]
+"""``progress(done_bytes, total_bytes_or_None)``, called as bytes arrive (once per file)."""
+
+Kind = Literal["official-mutr", "mutr", "vggish", "tokenizer"]
+KINDS: tuple[str, ...] = ("official-mutr", "mutr", "vggish", "tokenizer")
+
+GDRIVE_URL = "https://drive.google.com"
+_TIMEOUT = 60.0  # seconds without a byte before a connection counts as lost
+_RETRIES = 3  # in-call resumptions after an interrupted transfer (each one must make progress)
+_CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_GDRIVE_ID = re.compile(r"(?:/file/d/|[?&]id=)([\w-]{10,})")
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of an entry: plain/Drive URLs tried in order, or a file on the Hugging Face Hub."""
+
+    filename: str  # name on disk; for a Hub file, its path inside the repo
+    urls: tuple[str, ...] = ()
+    hf_repo: str | None = None
+    revision: str = "main"
+    sha256: str | None = None
+    sha256_prefix: str | None = None  # torch.hub file-name suffix: the first 8 hex digits
+    size: int | None = None
+
+    @property
+    def source(self) -> str:
+        if self.hf_repo is not None:
+            return f"hf:{self.hf_repo}@{self.revision}/{self.filename}"
+        return self.urls[0]
+
+    @property
+    def check(self) -> str:
+        """How much of the file is verified: ``"sha256"``, ``"prefix"`` or ``"none"``."""
+        return "sha256" if self.sha256 else "prefix" if self.sha256_prefix else "none"
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A named set of weights and what mutr does with it once fetched."""
+
+    name: str
+    kind: Kind
+    files: tuple[WeightFile, ...]
+    preset: str | None = None  # the `MUTRConfig` preset an official checkpoint converts to
+    description: str = ""
+    licence: str = ""
+    scores: tuple[tuple[str, float], ...] = ()  # as reported by the authors
+    requires: tuple[str, ...] = ()  # other entries fetched first (the tokenizer of a checkpoint)
+
+    @property
+    def size(self) -> int | None:
+        sizes = [f.size for f in self.files]
+        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+
+    @property
+    def verified(self) -> str:
+        """``"sha256"`` when every file has a full hash, ``"prefix"``/``"none"`` otherwise."""
+        checks = {f.check for f in self.files}
+        return "sha256" if checks == {"sha256"} else "none" if "none" in checks else "prefix"
+
+    @property
+    def source(self) -> str:
+        """The first source, short: ``gdrive:<id>``, ``hf:<repo>@<revision>`` or the URL; ``(+n)``
+        counts fallback URLs."""
+        first = self.files[0]
+        if first.hf_repo is not None:
+            return f"hf:{first.hf_repo}@{first.revision}"
+        gid = _gdrive_id(first.urls[0])
+        more = f" (+{len(first.urls) - 1})" if len(first.urls) > 1 else ""
+        return (f"gdrive:{gid}" if gid else first.urls[0]) + more
+
+
+def _drive(file_id: str) -> str:
+    return f"https://drive.google.com/file/d/{file_id}/view"
+
+
+_MUTR_LICENCE = (
+    "MIT (OpenGVLab/MUTR code); weights released with the paper, trained on Ref-COCO and "
+    "Ref-YouTube-VOS, whose terms (research use) still apply"
+)
+
+
+def _official(name: str, preset: str, backbone: str, drive_id: str, docs_id: str,
+              ytvos: tuple[float, float, float], davis: tuple[float, float, float]) -> WeightsEntry:
+    # README ids are from the June 2025 README update (c5f5044); the docs/*.md ids are the May 2023
+    # links, kept as a fallback (they may be the same file re-uploaded, or gone).
+    urls = (_drive(drive_id),) if drive_id == docs_id else (_drive(drive_id), _drive(docs_id))
+    return WeightsEntry(
+        name=name,
+        kind="official-mutr",
+        files=(WeightFile(f"{name}.pth", urls=urls),),
+        preset=preset,
+        description=f"official MUTR {backbone}, Ref-YouTube-VOS (text); converted to a mutr checkpoint",
+        licence=_MUTR_LICENCE,
+        scores=(("Ref-YouTube-VOS J&F", ytvos[0]), ("Ref-YouTube-VOS J", ytvos[1]),
+                ("Ref-YouTube-VOS F", ytvos[2]), ("Ref-DAVIS17 J&F", davis[0]),
+                ("Ref-DAVIS17 J", davis[1]), ("Ref-DAVIS17 F", davis[2])),
+        requires=("roberta-base-tokenizer",),
+    )
+
+
+_VGGISH_LICENCE = "Apache-2.0 (Google's AudioSet VGGish weights)"
+_TORCHVGGISH = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+
+# The model zoo of OpenGVLab/MUTR README.md (c5f5044). Backbones without a mutr preset are not
+# registered; their README ids: Video-Swin-T 1-TkdQksTrmB253ao99NgnmsrsQkous2V, Video-Swin-S
+# 1Z4ENlWAKIEp44HC0OH4CjsZXgQTMTvDK, Video-Swin-B 1-ezn8H2GPTc7o6cUGN1r3DI6sDLF2J5s,
+# ConvMAE-B 1_hHPVici-RIcn7ocvn6RPDSMG4gJA5Pj. No sha256 or size is published for any of them.
+_ENTRIES: tuple[WeightsEntry, ...] = (
+    _official("mutr-r50", "r50", "ResNet-50", "1W1hSYd1DDFdhl46rpE1Y1OgsG1N5Zh7B",
+              "1bNkR4n7be3hYwtaYp75c2WNrbmyh-Ik2", (61.9, 60.4, 63.4), (65.3, 62.4, 68.2)),
+    _official("mutr-r101", "r101", "ResNet-101", "1tIX6jmM9MjCxbMDh89e2LugY2ul12GD6",
+              "1ZOev9AZM_GRpnsKjg0_gpRFKGrJcm0S5", (63.6, 61.8, 65.4), (65.3, 61.9, 68.6)),
+    _official("mutr-swin-l", "swin-l", "Swin-L", "1PrWZjppjxEvJe2wQ7a3augG4iRQX1pLJ",
+              "1e2-BXV3HGxPxWFKO-z34PZDBShCzEmz9", (68.4, 66.4, 70.4), (68.0, 64.8, 71.3)),
+    _official("mutr-convnext-l", "convnext-l", "ConvNeXt-L", "1w4o392nrKEDd2JqlBcu5r1ZqoSAMtFwD",
+              "1d6C73EmSpQZBIuhBDu1gnzibDXYxCYDz", (66.7, 64.8, 68.7), (69.0, 65.6, 72.4)),
+    WeightsEntry(
+        name="vggish",
+        kind="vggish",
+        files=(WeightFile("vggish-10086976.pth", urls=(_TORCHVGGISH + "vggish-10086976.pth",),
+                          sha256_prefix="10086976"),),
+        description="VGGish audio features, torchvggish layout (features.*, embeddings.*)",
+        licence=_VGGISH_LICENCE + ", PyTorch port by harritaylor/torchvggish",
+    ),
+    WeightsEntry(
+        name="vggish-pca",
+        kind="vggish",
+        files=(WeightFile("vggish_pca_params-970ea276.pth",
+                          urls=(_TORCHVGGISH + "vggish_pca_params-970ea276.pth",),
+                          sha256_prefix="970ea276"),),
+        description="VGGish PCA/whitening parameters (pca_eigen_vectors, pca_means)",
+        licence=_VGGISH_LICENCE + ", PyTorch port by harritaylor/torchvggish",
+    ),
+    WeightsEntry(
+        name="vggish-torchaudio",
+        kind="vggish",
+        # torchaudio.prototype.pipelines.VGGISH: download_asset("models/vggish.pt"), no hash given
+        files=(WeightFile("vggish.pt", urls=("https://download.pytorch.org/torchaudio/models/vggish.pt",)),),
+        description="VGGish audio features, torchaudio layout (features_network.*, embedding_network.*)",
+        licence=_VGGISH_LICENCE + ", redistributed by torchaudio (BSD-2-Clause code)",
+    ),
+    WeightsEntry(
+        name="roberta-base-tokenizer",
+        kind="tokenizer",
+        files=tuple(WeightFile(f, hf_repo="FacebookAI/roberta-base")
+                    for f in ("tokenizer.json", "vocab.json", "merges.txt", "config.json")),
+        description="RoBERTa-base tokenizer (official checkpoints hold the RoBERTa weights themselves)",
+        licence="MIT (FacebookAI/roberta-base)",
+    ),
+)
+
+REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _ENTRIES}
+
+
+def list_entries() -> list[WeightsEntry]:
+    """Every registered entry, in registry order."""
+    return list(REGISTRY.values())
+
+
+def get_entry(name: str) -> WeightsEntry:
+    """The entry called `name`; an unknown name raises `DownloadError` with the nearest names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=2)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise DownloadError(f"no weights called {name!r}; {hint}see `mutr download --list`") from None
+
+
+# --------------------------------------------------------------------------- local paths
+
+
+def mutr_home() -> Path:
+    """Root of mutr's cache: ``$MUTR_HOME``, else ``$XDG_CACHE_HOME/mutr``, else ``~/.cache/mutr``."""
+    if os.environ.get("MUTR_HOME"):
+        return Path(os.environ["MUTR_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mutr"
+
+
+def _entry_dir(entry: WeightsEntry, dest_dir: str | os.PathLike | None) -> Path:
+    return Path(dest_dir).expanduser() if dest_dir is not None else mutr_home() / entry.name
+
+
+def _is_converted(folder: Path) -> bool:
+    # config.json is moved in last, so its presence marks a complete checkpoint
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _hf_cached(wf: WeightFile, local_dir: Path | None) -> Path | None:
+    if local_dir is not None:
+        path = local_dir / wf.filename
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(wf.hf_repo, wf.filename, revision=wf.revision)  # type: ignore[arg-type]
+    return Path(found) if isinstance(found, str) else None
+
+
+def _local_path(entry: WeightsEntry, dest_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where `entry` is on disk, or None when (part of) it is missing."""
+    folder = _entry_dir(entry, dest_dir)
+    if entry.kind == "official-mutr":
+        return folder if _is_converted(folder) else None
+    if entry.files[0].hf_repo is not None:
+        paths = [_hf_cached(wf, None if dest_dir is None else folder) for wf in entry.files]
+    else:
+        paths = [folder / wf.filename for wf in entry.files]
+    if not all(p is not None and p.is_file() for p in paths):
+        return None
+    return paths[0].parent if _is_folder(entry) else paths[0]  # type: ignore[union-attr]
+
+
+def _is_folder(entry: WeightsEntry) -> bool:
+    """Checkpoints and tokenizers are used as folders; a single weight file as itself."""
+    return entry.kind in ("official-mutr", "mutr", "tokenizer") or len(entry.files) > 1
+
+
+def is_downloaded(entry: WeightsEntry | str, dest_dir: str | os.PathLike | None = None) -> bool:
+    """Whether `entry` is fully on disk (never touches the network)."""
+    return _local_path(get_entry(entry) if isinstance(entry, str) else entry, dest_dir) is not None
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local path for an existing file/folder or a downloaded registry entry (no network)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise DownloadError(f"{name!r} is neither an existing path nor a registry name{hint}; "
+                            "see `mutr download --list`")
+    local = _local_path(REGISTRY[name])
+    if local is None:
+        raise DownloadError(f"{name!r} is not downloaded yet; run `mutr download {name}` first")
+    return local
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """The local checkpoint folder for a registry name that was downloaded, or an existing path."""
+    name = str(name_or_path)
+    if name in REGISTRY and REGISTRY[name].kind not in ("official-mutr", "mutr"):
+        raise DownloadError(f"{name!r} is a {REGISTRY[name].kind} entry, not a MUTR checkpoint; "
+                            "see `mutr download --list` for checkpoints")
+    return resolve(name_or_path)
+
+
+# --------------------------------------------------------------------------- download
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What `download` fetched or found: one per file. `verified` is False when no hash was known."""
+
+    path: Path
+    sha256: str | None
+    verified: bool
+    source: str
+
+
+def download(
+    name_or_url: str,
+    *,
+    sha256: str | None = None,
+    dest_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    on_file: Callable[[FileReport], None] | None = None,
+) -> Path:
+    """Fetch a registry entry or a URL and return its local path.
+
+    A registry name returns: a converted checkpoint folder (``official-mutr``; the ``.pth`` is
+    converted with `mutr.convert.convert_checkpoint`), the file (single-file entries) or the folder
+    holding the files. A URL returns the file. `sha256` checks (and overrides the registry's hash
+    of) a single-file download; `dest_dir` replaces the cache folder of this entry; `progress`
+    receives ``(done, total)`` bytes per file; `on_file` one `FileReport` per file.
+    """
+    if sha256 is not None:
+        sha256 = sha256.strip().lower()
+        if not _HEX64.fullmatch(sha256):
+            raise InputError(f"sha256 must be 64 hex digits, got {sha256!r}; check the value given")
+    if re.match(r"https?://", name_or_url):
+        return _download_url(name_or_url, sha256, dest_dir, progress, on_file)
+    entry = get_entry(name_or_url)
+    if sha256 is not None and len(entry.files) != 1:
+        raise InputError(f"a sha256 checks a single file, but {entry.name} has {len(entry.files)}; drop it")
+    if entry.kind == "official-mutr":
+        return _download_official(entry, sha256, dest_dir, progress, on_file)
+
+    local_dir = None if dest_dir is None else Path(dest_dir).expanduser()
+    folder = _entry_dir(entry, dest_dir)
+    paths = []
+    for wf in entry.files:
+        if wf.hf_repo is not None:
+            paths.append(_fetch_hf(wf, local_dir, sha256, progress, on_file))
+        else:
+            paths.append(_fetch_any(wf, folder / wf.filename, sha256, progress, on_file))
+    return paths[0].parent if _is_folder(entry) else paths[0]
+
+
+def _download_url(url: str, sha256: str | None, dest_dir: str | os.PathLike | None,
+                  progress: Progress | None, on_file: Callable[[FileReport], None] | None) -> Path:
+    gid = _gdrive_id(url)
+    filename = f"gdrive-{gid}" if gid else urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1]
+    filename = filename or "download"
+    if dest_dir is not None:
+        folder = Path(dest_dir).expanduser()
+    else:  # one folder per URL, so two URLs ending in the same name never share a cache entry
+        folder = mutr_home() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:12]
+    return _fetch_any(WeightFile(filename, urls=(url,)), folder / filename, sha256, progress, on_file)
+
+
+def _download_official(entry: WeightsEntry, sha256: str | None, dest_dir: str | os.PathLike | None,
+                       progress: Progress | None, on_file: Callable[[FileReport], None] | None) -> Path:
+    out = _entry_dir(entry, dest_dir)
+    if _is_converted(out):
+        return out
+    extras = [download(req, progress=progress, on_file=on_file) for req in entry.requires]
+    wf = entry.files[0]
+    pth = _fetch_any(wf, out / "official" / wf.filename, sha256, progress, on_file)
+    with _locked(out / "config.json"):
+        if not _is_converted(out):  # another process may have finished it meanwhile
+            _convert(entry, pth, out, extras)
+    return out
+
+
+def _convert(entry: WeightsEntry, pth: Path, out: Path, extras: list[Path]) -> None:
+    """Convert into a scratch folder, then move the files in with config.json last."""
+    from mutr.convert import convert_checkpoint  # written separately; imported only when needed
+
+    for stale in out.glob(".converting-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = out / f".converting-{os.getpid()}"  # not created here: convert_checkpoint makes it
+    try:
+        convert_checkpoint(pth, scratch, preset=entry.preset)
+        for extra in extras:  # interfaces.md: a checkpoint is config.json + model.safetensors + tokenizer.json
+            tok = extra / "tokenizer.json" if extra.is_dir() else None
+            if tok is not None and tok.is_file() and not (scratch / "tokenizer.json").exists():
+                shutil.copyfile(tok, scratch / "tokenizer.json")
+        for item in sorted(scratch.iterdir(), key=lambda p: p.name == "config.json"):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Hugging Face Hub
+
+
+class _CallbackBar:
+    """Stands in for tqdm inside `hf_hub_download`: forwards byte counts, prints nothing."""
+
+    def __init__(self, progress: Progress | None, total: int | None = None, initial: int = 0,
+                 **_: Any) -> None:
+        self.progress, self.total, self.n = progress, total, initial
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(int(self.n), self.total)
+
+    def update(self, n: int | float | None = 1) -> None:
+        self.n += n or 0
+        self._report()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _CallbackBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _fetch_hf(wf: WeightFile, local_dir: Path | None, sha256: str | None, progress: Progress | None,
+              on_file: Callable[[FileReport], None] | None) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+
+    kwargs: dict[str, Any] = {"revision": wf.revision,
+                              "endpoint": os.environ.get("MUTR_HF_ENDPOINT") or None}
+    if local_dir is not None:
+        kwargs["local_dir"] = local_dir
+    if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        kwargs["tqdm_class"] = lambda **kw: _CallbackBar(progress, **kw)
+    what = f"{wf.filename} from {wf.hf_repo}@{wf.revision}"
+    if not constants.is_offline_mode() and _hf_cached(wf, local_dir) is None:
+        _check_reachable(kwargs["endpoint"] or constants.ENDPOINT, what)
+    try:
+        path = Path(hf_hub_download(wf.hf_repo, wf.filename, **kwargs))  # type: ignore[arg-type]
+    except Exception as exc:  # huggingface_hub raises many types; each becomes one line
+        name = type(exc).__name__
+        if constants.is_offline_mode() and name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+            msg = f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it to download"
+        elif name in ("RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
+                      "RemoteEntryNotFoundError", "GatedRepoError"):
+            msg = f"{what} was not found on the Hugging Face Hub ({name}); check the repo, file and revision"
+        elif name == "LocalEntryNotFoundError":
+            msg = f"cannot reach the Hugging Face Hub for {what}; check the network connection (or HF_ENDPOINT)"
+        else:
+            first = (str(exc).strip().splitlines() or [name])[0]
+            msg = f"downloading {what} failed: {first}"
+        raise DownloadError(msg) from exc
+    digest, verified = None, False
+    expected = sha256 or wf.sha256
+    if expected or wf.sha256_prefix:
+        digest = _sha256_file(path)
+        if not _matches(digest, expected, wf.sha256_prefix):
+            target = path.resolve()
+            path.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+            raise DownloadError(f"{what} has sha256 {digest}, expected {expected or wf.sha256_prefix + '…'};"
+                                " the file was deleted; check the hash or the revision")
+        verified = True
+    if on_file is not None:
+        on_file(FileReport(path, digest, verified, wf.source))
+    return path
+
+
+def _check_reachable(endpoint: str, what: str) -> None:
+    """Fail fast when the Hub's host cannot be reached at all: `hf_hub_download` would retry with
+    back-off for ~25 s before giving up on a file it has not cached. Skipped behind a proxy."""
+    if urllib.request.getproxies():
+        return
+    parts = urllib.parse.urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise DownloadError(f"cannot reach {parts.hostname} for {what} ({exc}); check the network "
+                            "connection (or HF_ENDPOINT)") from None
+
+
+# --------------------------------------------------------------------------- HTTP(S) and Drive
+
+
+class _Interrupted(Exception):
+    """The body ended early or the connection dropped; `progressed` says whether bytes arrived."""
+
+    def __init__(self, message: str, progressed: bool) -> None:
+        super().__init__(message)
+        self.progressed = progressed
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued (416, wrong Content-Range): start from byte 0."""
+
+
+def _sha256_file(path: Path, hasher: Any = None) -> str:
+    hasher = hasher or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _matches(digest: str, sha256: str | None, prefix: str | None) -> bool:
+    return digest == sha256 if sha256 else digest.startswith(prefix or "")
+
+
+def _gdrive_id(url: str) -> str | None:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host not in ("drive.google.com", "drive.usercontent.google.com", "docs.google.com"):
+        return None
+    match = _GDRIVE_ID.search(url)
+    return match.group(1) if match else None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Keeps two processes from writing the same `.part` file at once."""
+    try:
+        from filelock import FileLock
+    except ImportError:  # pragma: no cover - filelock comes with huggingface_hub
+        yield
+        return
+    # under the cache root, not beside the file: a --dir folder gets only the files themselves
+    locks = mutr_home() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]) + ".lock"):
+        yield
+
+
+def _fetch_any(wf: WeightFile, final: Path, sha256: str | None, progress: Progress | None,
+               on_file: Callable[[FileReport], None] | None) -> Path:
+    """Try each URL of `wf` in turn; the first failure is the one reported."""
+    expected, prefix = sha256 or wf.sha256, None if sha256 else wf.sha256_prefix
+    errors: list[DownloadError] = []
+    for url in wf.urls:
+        try:
+            digest = _fetch_url(url, final, expected, prefix, wf.size, progress)
+        except DownloadError as exc:
+            errors.append(exc)
+            if url != wf.urls[-1]:
+                logger.warning("%s; trying the next source", exc)
+            continue
+        if on_file is not None:
+            on_file(FileReport(final, digest, bool(expected or prefix), url))
+        return final
+    more = f" (and {len(errors) - 1} fallback source(s) failed too)" if len(errors) > 1 else ""
+    raise DownloadError(f"{errors[0]}{more}") from errors[0]
+
+
+def _fetch_url(url: str, final: Path, sha256: str | None, prefix: str | None, size: int | None,
+               progress: Progress | None) -> str:
+    """Download `url` to `final` (resuming `final.part`); returns the file's sha256."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(final):
+        if final.is_file():
+            if not (sha256 or prefix):
+                recorded = final.with_name(final.name + ".sha256")
+                return recorded.read_text().strip() if recorded.is_file() else _sha256_file(final)
+            digest = _sha256_file(final)
+            if _matches(digest, sha256, prefix):
+                return digest
+            warnings.warn(f"{final} does not match its sha256; downloading it again", stacklevel=3)
+            final.unlink()
+
+        part = final.with_name(final.name + ".part")
+        meta_path = final.with_name(final.name + ".part.json")
+        meta = _read_json(meta_path)
+        if part.exists() and meta.get("url") != url:  # bytes from another source cannot be continued
+            part.unlink()
+        tries = 0
+        while True:
+            try:
+                hasher = _transfer(url, part, meta_path, progress, size)
+                break
+            except _Restart:
+                part.unlink(missing_ok=True)
+            except _Interrupted as exc:
+                if not exc.progressed or tries >= _RETRIES:
+                    raise DownloadError(f"{exc}; run the same command again to resume") from None
+                logger.info("%s; resuming", exc)
+            tries += 1
+            if tries > _RETRIES + 1:
+                raise DownloadError(f"{url} could not be resumed; delete {part} and try again")
+
+        digest = hasher.hexdigest()
+        actual = part.stat().st_size
+        if not _matches(digest, sha256, prefix) or (size is not None and actual != size):
+            part.unlink()
+            meta_path.unlink(missing_ok=True)
+            want = sha256 or (f"{prefix}…" if prefix else f"{size} bytes")
+            raise DownloadError(f"{url} gave a file with sha256 {digest} ({actual} bytes), expected {want}; "
+                                "the file was deleted — the link may serve another file now, "
+                                "check the hash or fetch the file yourself")
+        final.with_name(final.name + ".sha256").write_text(digest + "\n")
+        os.replace(part, final)
+        meta_path.unlink(missing_ok=True)
+        if not (sha256 or prefix):
+            logger.info("%s has sha256 %s (unverified: no hash was given)", final, digest)
+        return digest
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _transfer(url: str, part: Path, meta_path: Path, progress: Progress | None, size: int | None) -> Any:
+    """One request: append to `part` from its current size (or rewrite it), return the hasher."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {}
+    validator = _read_json(meta_path).get("validator") if offset else None
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator:  # the server sends the whole file instead if it changed since
+            headers["If-Range"] = validator
+    resp = _open(url, headers)
+    with contextlib.closing(resp):
+        total = _int(resp.headers.get("Content-Length"))
+        if offset and resp.status == 206:
+            match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range") or "")
+            if not match or int(match.group(1)) != offset:
+                raise _Restart()
+            total = None if match.group(2) == "*" else int(match.group(2))
+            mode = "ab"
+        else:
+            if offset:
+                logger.info("%s ignored the Range request; downloading from the start", url)
+            offset, mode = 0, "wb"
+        total = total or size
+        validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        meta_path.write_text(json.dumps({"url": url, "validator": validator}))
+
+        hasher = hashlib.sha256()
+        if mode == "ab":
+            _sha256_file(part, hasher)
+        done = offset
+        if progress is not None:
+            progress(done, total)
+        with open(part, mode) as f:
+            try:
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    f.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Interrupted(f"the download of {url} was interrupted at {done} bytes ({exc})",
+                                   done > offset) from None
+        if total is not None and done < total:
+            raise _Interrupted(f"the download of {url} stopped at {done} of {total} bytes", done > offset)
+        return hasher
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _open(url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """GET `url` (through Drive's confirmation page when it is a Drive link) as a response stream."""
+    from mutr import __version__
+
+    headers = {"User-Agent": f"mutr/{__version__}", **headers}
+    cookies = http.cookiejar.CookieJar()  # Drive's older confirmation step sets a cookie
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    gid = _gdrive_id(url)
+    target = url
+    if gid:
+        base = (os.environ.get("MUTR_GDRIVE_URL") or GDRIVE_URL).rstrip("/")
+        target = f"{base}/uc?export=download&id={gid}"
+    for hop in range(3):  # the page, then at most one or two confirmation hops
+        # Drive's first answer for a large file is a web page: ask it for the bytes only after that
+        hop_headers = headers if hop or not gid else {k: v for k, v in headers.items()
+                                                       if k not in ("Range", "If-Range")}
+        resp = _request(opener, target, hop_headers, url)
+        if not gid or not _is_html(resp):
+            return resp
+        with contextlib.closing(resp):
+            page = resp.read(2_000_000).decode("utf-8", "replace")
+            page_url = resp.geturl()
+        target = _gdrive_confirm(page, page_url, cookies, gid)
+    raise DownloadError(f"Google Drive kept answering {url} with a web page; open it in a browser "
+                        "and use the local file")
+
+
+def _request(opener: urllib.request.OpenerDirector, target: str, headers: dict[str, str],
+             url: str) -> http.client.HTTPResponse:
+    try:
+        return opener.open(urllib.request.Request(target, headers=headers), timeout=_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416:
+            raise _Restart() from None
+        raise DownloadError(f"{url} answered HTTP {exc.code} {exc.reason}; the link may have moved — "
+                            "check it, or fetch the file yourself and use the local file") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        host = urllib.parse.urlsplit(target).netloc
+        raise DownloadError(f"cannot reach {host} ({reason}); check the network connection, "
+                            f"or fetch {url} yourself and use the local file") from None
+
+
+def _is_html(resp: http.client.HTTPResponse) -> bool:
+    disposition = resp.headers.get("Content-Disposition") or ""
+    return resp.headers.get_content_type() == "text/html" and "attachment" not in disposition
+
+
+def _gdrive_confirm(page: str, page_url: str, cookies: http.cookiejar.CookieJar, gid: str) -> str:
+    """The URL behind Drive's "can't scan this file for viruses" page, or a one-line error."""
+    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+    if form:  # current page: a GET form to drive.usercontent.google.com with confirm/uuid fields
+        fields = re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2))
+        query = urllib.parse.urlencode([(k, html.unescape(v)) for k, v in fields])
+        return urllib.parse.urljoin(page_url, html.unescape(form.group(1))) + "?" + query
+    link = re.search(r'href="([^"]*[?&](?:amp;)?confirm=[^"]+)"', page)
+    if link:  # older page: a link carrying the confirm token
+        return urllib.parse.urljoin(page_url, html.unescape(link.group(1)))
+    embedded = re.search(r'"downloadUrl":"([^"]+)"', page)
+    if embedded:
+        return json.loads(f'"{embedded.group(1)}"')
+    for cookie in cookies:
+        if cookie.name.startswith("download_warning") and cookie.value:  # oldest: token in a cookie
+            sep = "&" if "?" in page_url else "?"
+            return f"{page_url}{sep}confirm={urllib.parse.quote(cookie.value)}"
+    reason = re.search(r'class="uc-error-subcaption">(.*?)<', page, re.S) or re.search(r"<title>(.*?)</title>",
+                                                                                       page, re.S)
+    why = html.unescape(reason.group(1)).strip() if reason else "no download link on the page"
+    raise DownloadError(f"Google Drive did not serve file {gid} ({why}); try later (Drive limits popular "
+                        f"files) or open {_drive(gid)} in a browser and use the local file")
+
