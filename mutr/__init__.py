@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "MUTR": "mutr.model.mutr",
     "MUTROutput": "mutr.model.mutr",
+    "VisualFeatures": "mutr.model.mutr",
     "MUTRConfig": "mutr.config",
     "ReferenceTokens": "mutr.model.reference",
     "Predictor": "mutr.predictor",

@@ -50,6 +50,24 @@ class MUTROutput:
         return out
 
 
+@dataclass
+class VisualFeatures:
+    """What ``MUTR.encode_video`` computes once per clip and every prompt reuses.
+
+    ``res2`` [B*T, C2, H/4, W/4]; ``proj`` the four projected levels (/8, /16, /32, /64)
+    [B*T, C, h, w]; ``masks``/``poses`` for the five levels /4 .. /64; ``image_sizes`` [B, 2]
+    unpadded (h, w) in pixels, for the mask head's relative coordinates.
+    """
+
+    batch_size: int
+    num_frames: int
+    res2: Tensor
+    proj: list[Tensor]
+    masks: list[Tensor]
+    poses: list[Tensor]
+    image_sizes: Tensor
+
+
 def _input_proj(cin: int, cout: int, groups: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
     nn.init.xavier_uniform_(conv.weight)
@@ -155,20 +173,25 @@ class MUTR(nn.Module):
         reference: ReferenceTokens | None = None,
     ) -> MUTROutput:
         """video [B, T, 3, H, W] ImageNet-normalised; mask [B, T, H, W] True on padding."""
-        b, t, h, w = self._check_video(video, mask)
+        visual = self.encode_video(video, mask)
         if reference is None:
             reference = self.encode_reference(input_ids, attention_mask, audio=audio, audio_mask=audio_mask)
         elif input_ids is not None or audio is not None:
             raise InputError("pass either reference= or input_ids/audio, not both")
-        if reference.batch_size not in (1, b):
-            raise InputError(f"the reference has batch {reference.batch_size} but the video batch is {b}")
-        ref = reference.expand(b)
+        return self.decode(visual, reference)
+
+    def encode_video(self, video: Tensor, mask: Tensor | None = None) -> "VisualFeatures":
+        """The reference-independent part: backbone, padding masks, positions, input projections.
+
+        Run it once per window and ``decode`` it with every prompt (early fusion makes everything
+        after it prompt-specific).
+        """
+        b, t, h, w = self._check_video(video, mask)
         if mask is None:
             mask = torch.zeros(b, t, h, w, dtype=torch.bool, device=video.device)
         frames_mask = mask.flatten(0, 1)  # [B*T, H, W]
         dtype = video.dtype
         c = self.config.transformer.d_model
-
         feats = self.backbone(video.flatten(0, 1))  # 4 x [B*T, C_l, h_l, w_l]
         masks = [resize_mask(frames_mask, f.shape[-2:]) for f in feats]
         poses = [sine_2d(m, c // 2).to(dtype) for m in masks]
@@ -176,6 +199,18 @@ class MUTR(nn.Module):
         proj.append(self.input_proj[3](feats[3]))
         masks.append(resize_mask(frames_mask, proj[3].shape[-2:]))
         poses.append(sine_2d(masks[4], c // 2).to(dtype))
+        sizes = torch.stack([(~mask[:, 0, :, 0]).sum(1), (~mask[:, 0, 0, :]).sum(1)], -1)  # [B, (h, w)]
+        return VisualFeatures(b, t, feats[0], proj, masks, poses, sizes)
+
+    def decode(self, visual: "VisualFeatures", reference: ReferenceTokens) -> MUTROutput:
+        """Everything after the backbone for one reference (batch 1 or B): fusion, MTA,
+        transformer, MTI, pixel decoder and heads."""
+        b, t = visual.batch_size, visual.num_frames
+        if reference.batch_size not in (1, b):
+            raise InputError(f"the reference has batch {reference.batch_size} but the video batch is {b}")
+        ref = reference.expand(b)
+        c = self.config.transformer.d_model
+        masks, poses, proj = visual.masks, visual.poses, visual.proj
 
         # Early fusion per level; MTA reads the same projections *before* fusion (the official code
         # recomputes them; computing once gives identical values).
@@ -193,9 +228,8 @@ class MUTR(nn.Module):
         mti_in = frame_queries if self.training else frame_queries[-1:]
         video_queries = self.mti(mti_in)[:, :, None].expand(-1, b, t, q, c)
 
-        mask_feats = self.pixel_decoder(feats[0], memory, masks[:4], poses[:4], ref, t)
+        mask_feats = self.pixel_decoder(visual.res2, memory, masks[:4], poses[:4], ref, t)
         mask_feats = mask_feats.reshape(b, t, *mask_feats.shape[1:])
-        sizes = torch.stack([(~mask[:, 0, :, 0]).sum(1), (~mask[:, 0, 0, :]).sum(1)], -1)  # [B, (h, w)]
 
         outputs = []
         for lvl in range(video_queries.shape[0]):
@@ -207,7 +241,7 @@ class MUTR(nn.Module):
             else:
                 boxes = torch.cat([delta[..., :2] + reference_pts, delta[..., 2:]], -1).sigmoid()
             ref_xy = refs[lvl, ..., :2].reshape(b, t, q, 2)
-            masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, sizes)
+            masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, visual.image_sizes)
             outputs.append(MUTROutput(logits, boxes.reshape(b, t, q, 4), masks_out))
         final = outputs[-1]
         final.aux_outputs = outputs[:-1] if self.training else []
