@@ -104,21 +104,31 @@ def infer_preset(official: dict[str, Tensor]) -> MUTRConfig:
 
 
 def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | None = None) -> tuple[dict[str, Tensor], MUTRConfig]:
-    """Official state_dict -> (mutr state_dict, config). Every official key must be used."""
-    fitting = infer_preset(official)
+    """Official state_dict -> (mutr state_dict, config). Every official key must be used.
+
+    ``config`` (a preset name or config) overrides the inferred preset; box refinement and the
+    class count are always read from the keys.
+    """
+    try:
+        fitting: MUTRConfig | None = infer_preset(official)
+    except CheckpointError:
+        if config is None:
+            raise
+        fitting = None
     if config is None:
         config = fitting
-    elif isinstance(config, str):
+    if isinstance(config, str):
         config = MUTRConfig.preset(config)
-        config = replace(config, heads=replace(config.heads, with_box_refine=fitting.heads.with_box_refine,
-                                               num_classes=fitting.heads.num_classes))
+    refine = any(k.startswith(ALIAS_PREFIX) for k in official)
+    classes = official["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in official else 1
+    config = replace(config, heads=replace(config.heads, with_box_refine=refine, num_classes=classes))
     out: dict[str, Tensor] = {}
     for key, value in official.items():
         if _DROP.search(key):
             continue
         if key.startswith(ALIAS_PREFIX):
             twin = key[len("transformer.decoder."):]
-            if twin not in official or not torch.equal(official[twin], value):
+            if twin not in official or not (official[twin] is value or torch.equal(official[twin], value)):
                 raise CheckpointError(f"{key} should equal {twin} (the same module in the official model) but "
                                       "does not; the checkpoint is corrupt")
             continue
@@ -131,7 +141,8 @@ def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | N
     unexpected = sorted(set(out) - set(expected))
     wrong = [k for k in expected if k in out and tuple(out[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        hint = f" (it fits preset {fitting.name!r}: pass --preset {fitting.name})" if fitting.name != config.name else ""
+        hint = (f" (it fits preset {fitting.name!r}: pass --preset {fitting.name})"
+                if fitting is not None and fitting.name != config.name else "")
         def show(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
         parts = [f"{label}: {show(v)}" for label, v in (("missing", missing), ("unexpected", unexpected),

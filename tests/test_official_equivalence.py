@@ -36,7 +36,7 @@ def test_keyed_official_weights_reproduce_all_cases() -> None:
 @pytest.mark.skipif(not os.environ.get("MUTR_OFFICIAL_FIXTURES"), reason="set MUTR_OFFICIAL_FIXTURES=DIR")
 def test_harness_directory_reproduces() -> None:
     root = Path(os.environ["MUTR_OFFICIAL_FIXTURES"])
-    dirs = [root] if (root / "outputs.pt").exists() else sorted(p.parent for p in root.glob("*/outputs.pt"))
+    dirs = [root] if (root / "state_dict.pt").exists() else sorted(p.parent for p in root.glob("*/state_dict.pt"))
     assert dirs, f"no harness outputs under {root}"
     for d in dirs:
         state = torch.load(d / "state_dict.pt", weights_only=True)
