@@ -35,6 +35,7 @@ from mutr.data.common import ClipSample, Seed, load_binary_mask, load_rgb, make_
 from mutr.data.safe_pickle import load_log_mel_pickle
 from mutr.data.video_transforms import Transform, plain_transforms
 from mutr.errors import InputError, MediaError
+from mutr.model.vggish import waveform_to_examples
 
 Subset = Literal["s4", "ms3"]
 AudioSource = Literal["log_mel", "wav"]
@@ -132,8 +133,6 @@ def pad_examples(x: Tensor, n: int = NUM_FRAMES, source: Path | str = "audio") -
 
 def load_audio_examples(path: Path, source: AudioSource, layout: str) -> Tensor:
     """The 5 log-mel examples of one clip, [5, 1, 96, 64] float32."""
-    from mutr.model.vggish import waveform_to_examples
-
     require(path, layout)
     if source == "log_mel":
         return pad_examples(load_log_mel_pickle(path), source=path)

@@ -108,8 +108,8 @@ def clean_caption(text: str) -> str:
 def require(path: Path, layout: str) -> Path:
     """``path`` if it exists, else one line naming it and the layout it belongs to."""
     if not path.exists():
-        raise InputError(f"missing {path}: expected the {layout} layout; check the data root "
-                         "(see docs/datasets.md)")
+        raise InputError(f"missing {path}: expected the {layout} layout; point the data root at "
+                         "the dataset folder or re-extract the missing files")
     return path
 
 

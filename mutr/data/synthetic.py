@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from mutr.data.common import ClipSample, Seed, make_rng, make_target
 from mutr.data.video_transforms import Transform, plain_transforms
 from mutr.errors import InputError
+from mutr.model.vggish import waveform_to_examples
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230),
@@ -164,7 +165,7 @@ def write_synthetic(layout: Layout, root: str | Path, *, num_videos: int = 4, nu
                     splits: Sequence[str] | None = None) -> Path:
     """Write a small dataset in ``layout``'s real on-disk layout under ``root``; returns the
     path to pass as the dataset root. AVSBench clips always have 5 frames and 5 s of audio."""
-    from mutr.data import synthetic_layouts
+    from mutr.data import synthetic_layouts  # imports this module: deferred to avoid a cycle
 
     if layout not in LAYOUTS:
         raise InputError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -207,8 +208,6 @@ class SyntheticDataset(Dataset):
         return self.get(index, seed)
 
     def get(self, index: int, seed: Seed) -> ClipSample:
-        from mutr.model.vggish import waveform_to_examples
-
         clip, rng = self.clip(index), make_rng(seed)
         images = [Image.fromarray(f) for f in clip.frames]
         t = self.num_frames

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from mutr.data.synthetic import SAMPLE_RATE, SyntheticClip, video_name
+from mutr.model.vggish import waveform_to_examples
 
 AVS_SECONDS = 5.0
 
@@ -123,8 +124,6 @@ def _write_wav(wave_f32: np.ndarray, path: Path) -> np.ndarray:
 def _write_audio(clip: SyntheticClip, wav: Path, pkl: Path) -> None:
     """The wav and the log-mel pickle the AVSBench preprocessing makes from it (``pickle.dump``
     of a [5, 1, 96, 64] tensor with requires_grad, as torchvggish returns it)."""
-    from mutr.model.vggish import waveform_to_examples
-
     pcm = _write_wav(clip.waveform(AVS_SECONDS), wav)
     examples = torch.from_numpy(waveform_to_examples(pcm / 32768.0, SAMPLE_RATE))[:, None]
     pkl.parent.mkdir(parents=True, exist_ok=True)
