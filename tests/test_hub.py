@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mutr import hub
+from mutr import fetch, hub
 from mutr.errors import DownloadError, InputError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several chunks
@@ -172,13 +172,13 @@ def test_registry_entries_are_consistent():
             assert req in hub.REGISTRY
         if entry.kind == "official-mutr":
             assert entry.preset in presets
-            assert all(hub._gdrive_id(u) for u in entry.files[0].urls)
+            assert all(hub.gdrive_id(u) for u in entry.files[0].urls)
             assert dict(entry.scores)["Ref-YouTube-VOS J&F"] > 60
 
 
 def test_readme_drive_ids_come_first():
     urls = hub.REGISTRY["mutr-r50"].files[0].urls
-    assert [hub._gdrive_id(u) for u in urls] == ["1W1hSYd1DDFdhl46rpE1Y1OgsG1N5Zh7B",
+    assert [hub.gdrive_id(u) for u in urls] == ["1W1hSYd1DDFdhl46rpE1Y1OgsG1N5Zh7B",
                                                  "1bNkR4n7be3hYwtaYp75c2WNrbmyh-Ik2"]
     assert hub.REGISTRY["vggish"].files[0].sha256_prefix == "10086976"
     assert hub.REGISTRY["mutr-r50"].verified == "none"
@@ -239,7 +239,7 @@ def test_cut_off_download_resumes_with_range(server, home):
 
 
 def test_interrupted_download_resumes_on_the_next_call(server, home, monkeypatch):
-    monkeypatch.setattr(hub, "_RETRIES", 0)
+    monkeypatch.setattr(fetch, "_RETRIES", 0)
     url = f"{server.url}/cut.bin"
     with pytest.raises(DownloadError, match="run the same command again to resume") as info:
         hub.download(url, sha256=SHA)
