@@ -5,6 +5,11 @@ as windows advance (:class:`~mutr.io.audio.AudioStream`, resampled to 16 kHz wit
 filter), and cut into the reference's non-overlapping 0.96 s examples on a grid that starts at
 the first processed frame: example k covers [0.96 k, 0.96 (k + 1)) s after it.
 
+Times: a window's span is given in video frame times (seconds since the first input frame);
+``offset`` is the container time of frame time 0 on the audio's clock: ``VideoInfo.start_time``
+for the video's own track, the track's start for a separate file (so its beginning lines up with
+the first frame of the video).
+
 Which examples a window gets: those whose *centre* falls in the window's time span [time of its
 first frame, time of its last frame + one frame duration). That is the "examples overlapping the
 window" rule made unambiguous at the edges, and it reproduces AVSBench exactly: 5 frames at
@@ -31,6 +36,7 @@ from mutr.model.vggish import (EXAMPLE_HOP_SAMPLES, EXAMPLE_SAMPLES, NUM_BANDS, 
 __all__ = ["EXAMPLE_SECONDS", "AudioWindows", "example_indices"]
 
 EXAMPLE_SECONDS = EXAMPLE_HOP_SAMPLES / SAMPLE_RATE  # 0.96
+_GAP_S = 0.1  # audio may end this much before the last frame without a warning (codec padding)
 
 
 def example_indices(start: float, end: float) -> list[int]:
@@ -45,15 +51,16 @@ def example_indices(start: float, end: float) -> list[int]:
 class AudioWindows:
     """Log-mel examples [N, 96, 64] for successive windows of one audio track.
 
-    ``origin`` is the container time (s) of grid time 0 on the track's clock. Spans passed to
-    :meth:`examples` must not move backwards (overlapping windows are fine): samples before the
-    current window's first example are dropped, so memory does not grow with the video.
+    The example grid starts at the first window's start. Spans passed to :meth:`examples` must
+    not move backwards (overlapping windows are fine): samples before the current window's first
+    example are dropped, so memory does not grow with the video.
     """
 
-    def __init__(self, path: str | Path, origin: float, *, label: str | None = None) -> None:
+    def __init__(self, path: str | Path, offset: float | None = None) -> None:
         self.stream = AudioStream(path, chunk_seconds=1.0)  # checks the file has an audio stream
-        self.origin = float(origin)
-        self.label = label or self.stream.name
+        self.offset = self.stream.start_time if offset is None else float(offset)
+        self.label = self.stream.name
+        self.grid_start: float | None = None  # frame time of grid time 0
         self._chunks = None
         self._buf = np.zeros(0, np.float32)  # 16 kHz samples from grid sample self._buf_start on
         self._buf_start = 0
@@ -64,9 +71,16 @@ class AudioWindows:
         self._cache: dict[int, np.ndarray] = {}
 
     def examples(self, start: float, end: float) -> np.ndarray:
-        """[N, 96, 64] float32 log-mel examples for the window span [start, end) in grid seconds."""
-        ks = example_indices(start, end)
+        """[N, 96, 64] float32 log-mel examples for the frames in [start, end) (frame times, s)."""
+        if self.grid_start is None:
+            self.grid_start = start
+        ks = example_indices(start - self.grid_start, end - self.grid_start)
         out = np.stack([self._example(k) for k in ks])
+        heard = (self._buf_start + len(self._buf)) / SAMPLE_RATE  # grid seconds of audio read so far
+        if self._ended and heard < end - self.grid_start - _GAP_S and not self._warned_pad:
+            self._warned_pad = True
+            warnings.warn(f"the audio of {self.label} ends {heard:.2f} s after the first frame, before the video "
+                          "does; the rest is padded with silence", stacklevel=2)
         keep = ks[0]
         self._cache = {k: v for k, v in self._cache.items() if k >= keep}
         drop = keep * EXAMPLE_HOP_SAMPLES - self._buf_start
@@ -97,18 +111,13 @@ class AudioWindows:
         if a < 0:
             raise RuntimeError("audio windows moved backwards")  # internal misuse, not user input
         out = self._buf[a:b]
-        if len(out) < hi - lo:
-            if not self._warned_pad:
-                self._warned_pad = True
-                end = (self._buf_start + len(self._buf)) / SAMPLE_RATE
-                warnings.warn(f"the audio of {self.label} ends {end:.2f} s after the first frame, before the "
-                              "video does; the rest is padded with silence", stacklevel=3)
+        if len(out) < hi - lo:  # past the end of the track: silence (examples() warns if it matters)
             out = np.concatenate([out, np.zeros(hi - lo - len(out), np.float32)])
         return out
 
     def _read(self) -> None:
         if self._chunks is None:
-            self._chunks = self.stream.chunks(start=self.origin)
+            self._chunks = self.stream.chunks(start=self.offset + self.grid_start)
         with warnings.catch_warnings():  # AudioStream's silence warning: we give our own, once
             warnings.filterwarnings("ignore", message=".* is silent")
             chunk = next(self._chunks, None)
@@ -119,7 +128,7 @@ class AudioWindows:
         self._peak = max(self._peak, float(np.abs(samples).max(initial=0.0)))
         if not self._anchored:
             self._anchored = True
-            lead = round((chunk.start_time - self.origin) * SAMPLE_RATE)  # track starts after frame 0
+            lead = round((chunk.start_time - self.offset - self.grid_start) * SAMPLE_RATE)  # track starts after frame 0
             if lead > 0:
                 samples = np.concatenate([np.zeros(lead, np.float32), samples])
                 if lead > SAMPLE_RATE // 10:

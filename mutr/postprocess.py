@@ -1,10 +1,11 @@
 """From MUTR outputs to masks: query selection, window linking, upsampling, boxes in pixels.
 
-The official inference (architecture.md §14) picks one query per clip -- score = sigmoid(logits)
-mean over T, max over K, argmax over Q -- then resizes that query's mask logits [T, h/4, w/4]
-bilinearly (align_corners=False) *directly* to the original frame size, applies sigmoid and keeps
-> 0.5. :func:`select_query` and :func:`upsample_logits` reproduce those steps operation for
-operation, so :func:`mutr.predictor.predict_clip` equals the official per-clip output exactly.
+:func:`predict_clip` is the official inference protocol for one clip (architecture.md §14): one
+forward pass, one query per clip -- score = sigmoid(logits) mean over T, max over K, argmax over
+Q -- whose mask logits [T, h/4, w/4] are resized bilinearly (align_corners=False) *directly* to
+the original frame size, then sigmoid (> 0.5 for a binary mask). :func:`select_query` and
+:func:`upsample_logits` reproduce those steps operation for operation, so the output equals the
+official per-clip output exactly; the evaluation uses it.
 
 :func:`link_query` is the streaming addition: windows of a long video overlap by a few frames,
 and the query chosen in a new window must continue the object chosen in the previous one (see
@@ -13,14 +14,71 @@ and the query chosen in a new window must continue the object chosen in the prev
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["THRESHOLD", "boxes_to_xywh", "link_query", "mask_agreement", "query_scores", "select_query",
-           "upsample_logits"]
+from mutr.errors import InputError
+from mutr.io.transforms import INFERENCE_SIZE, preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mutr.model.reference import ReferenceTokens
+
+__all__ = ["THRESHOLD", "ClipPrediction", "boxes_to_xywh", "link_query", "mask_agreement", "predict_clip",
+           "query_scores", "select_query", "upsample_logits"]
 
 THRESHOLD = 0.5  # on the sigmoid, as the official scripts
+
+
+@dataclass(frozen=True, eq=False)
+class ClipPrediction:
+    """The official per-clip output for one reference: ``probs`` [T, H, W] float32 at the original
+    size, the selected ``query``, all query ``scores`` [Q] and the query's ``boxes`` [T, 4] xywh px."""
+
+    probs: Tensor
+    query: int
+    scores: Tensor
+    boxes: Tensor
+
+    @property
+    def masks(self) -> Tensor:
+        return self.probs > THRESHOLD
+
+
+def predict_clip(model, frames: Sequence, *, text: str | None = None, audio: np.ndarray | Tensor | None = None,
+                 reference: ReferenceTokens | None = None, size: int = INFERENCE_SIZE,
+                 max_size: int | None = None) -> ClipPrediction:
+    """The official inference protocol for one clip and one reference (architecture.md §14).
+
+    ``frames``: the clip's images (PIL or [H, W, 3] uint8), all of one size. Resize(size) +
+    ImageNet normalisation, one forward pass over the whole clip, one query for the clip
+    (sigmoid, mean over T, max over K, argmax over Q), its mask logits resized directly to the
+    original size, sigmoid. The reference is ``text``, ``audio`` (log-mel examples [N, 96, 64])
+    or an encoded ``reference``. Runs on the model's device; returns CPU tensors.
+    """
+    if sum(x is not None for x in (text, audio, reference)) != 1:
+        raise InputError("predict_clip needs exactly one of text=, audio= or reference=")
+    first = frames[0]
+    width, height = (first.width, first.height) if hasattr(first, "width") else (first.shape[1], first.shape[0])
+    device = next(model.parameters()).device
+    video = preprocess(frames, size, max_size)[None].to(device)  # [1, T, 3, h, w]
+    with torch.no_grad():
+        if reference is None and text is not None:
+            reference = model.encode_reference(texts=[text])
+        elif reference is None:
+            a = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+            a = a[:, None] if a.dim() == 3 else a  # [N, 96, 64] -> [N, 1, 96, 64]
+            reference = model.encode_reference(audio=a[None].to(device))
+        out = model(video, reference=reference)
+        query, scores = select_query(out.pred_logits[0])
+        probs = upsample_logits(out.pred_masks[0, :, query], (height, width)).sigmoid()
+        boxes = boxes_to_xywh(out.pred_boxes[0, :, query], width, height)
+    return ClipPrediction(probs.float().cpu(), query, scores.cpu(), boxes.cpu())
 
 
 def query_scores(pred_logits: Tensor) -> Tensor:

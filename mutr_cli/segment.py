@@ -1,0 +1,180 @@
+"""`mutr segment SOURCE`: segment what a text or a sound refers to; write an overlay, PNG masks, RLE.
+
+The work is `mutr.Predictor.segment` (streamed windows) and `mutr.outputs.write_outputs` (the
+output folder); this module parses options, reports progress on stderr and prints the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from mutr_cli._common import Debug, handle_errors, stderr, stdout
+from mutr_cli.main import app
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def _check_formats(value: str) -> str:
+    from mutr.errors import InputError
+    from mutr.outputs import parse_formats
+
+    try:
+        return ",".join(parse_formats(value))
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+Source = Annotated[Path, typer.Argument(metavar="SOURCE", show_default=False,
+                                        help="A video file, a folder of frames, or one image.")]
+Text = Annotated[Optional[list[str]], typer.Option(
+    "--text", "-t", metavar="TEXT", show_default=False,
+    help="What to segment, in words; repeat for several objects (one backbone pass serves all).")]
+Audio = Annotated[Optional[Path], typer.Option(
+    "--audio", metavar="FILE", show_default=False, help="Segment what makes this sound (a media file; "
+    "its start lines up with the first frame).")]
+AudioFromVideo = Annotated[bool, typer.Option("--audio-from-video", help="Segment what makes the video's own sound.")]
+Checkpoint = Annotated[Optional[str], typer.Option(
+    "--checkpoint", "-c", metavar="NAME_OR_PATH", show_default=False,
+    help="A checkpoint folder or a downloaded registry name (see `mutr download --list`); "
+    "default: the bundled tiny demo model.")]
+Out = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", metavar="DIR", show_default="./<SOURCE name>_mutr",
+    help="Output folder for overlay.mp4, masks/ and masks.rle.json.")]
+Formats = Annotated[str, typer.Option("--format", "-f", metavar="LIST", callback=_check_formats,
+                                      help="Outputs to write, comma-separated: overlay, png, rle.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run; auto picks CUDA when available.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", help="fp32 is exact; bf16/fp16 run under autocast (faster on GPUs).")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, show_default="PyTorch's choice",
+                                                help="CPU threads for PyTorch.")]
+Start = Annotated[Optional[float], typer.Option("--start", min=0.0, metavar="SECONDS", show_default=False,
+                                                help="Begin at this time.")]
+End = Annotated[Optional[float], typer.Option("--end", min=0.0, metavar="SECONDS", show_default=False,
+                                              help="Stop before this time.")]
+Stride = Annotated[int, typer.Option("--stride", min=1, metavar="K",
+                                     help="Process every K-th frame (the overlay still shows every frame).")]
+MaxSize = Annotated[Optional[int], typer.Option(
+    "--max-size", min=16, metavar="PIXELS", show_default=False,
+    help="Downscale frames whose long side exceeds this; outputs get the reduced size.")]
+Size = Annotated[int, typer.Option("--size", min=32, metavar="PIXELS",
+                                   help="Short side of the frames the model sees (official: 432).")]
+Window = Annotated[int, typer.Option("--window", min=1, metavar="FRAMES",
+                                     help="Frames per model pass; more gives more context and needs more memory.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q",
+                                     help="No progress bar and no summary text (warnings and errors still show).")]
+
+
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Show each distinct warning once, as one line on stderr (no file/line noise)."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            stderr.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.showwarning = show
+        yield
+
+
+@app.command("segment")
+@handle_errors
+def segment(
+    source: Source,
+    text: Text = None,
+    audio: Audio = None,
+    audio_from_video: AudioFromVideo = False,
+    checkpoint: Checkpoint = None,
+    out: Out = None,
+    formats: Formats = "overlay,png,rle",
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    threads: Threads = None,
+    start: Start = None,
+    end: End = None,
+    stride: Stride = 1,
+    max_size: MaxSize = None,
+    size: Size = 432,  # mutr.io.transforms.INFERENCE_SIZE (not imported: keeps `mutr --help` fast)
+    window: Window = 16,  # mutr.predictor.DEFAULT_WINDOW
+    overwrite: Overwrite = False,
+    json_: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Segment the object a text (--text) or a sound (--audio, --audio-from-video) refers to."""
+    if audio is not None and audio_from_video:
+        raise typer.BadParameter("give --audio FILE or --audio-from-video, not both", param_hint="--audio")
+    if not text and audio is None and not audio_from_video:
+        raise typer.BadParameter("say what to segment: --text \"the red car\", --audio FILE or --audio-from-video",
+                                 param_hint="--text")
+    from mutr.errors import InputError
+    from mutr.io.video import open_source
+    from mutr.outputs import check_outputs, default_out_dir, write_outputs
+    from mutr.predictor import Predictor, load_checkpoint, resolve_device
+
+    if any(not t.strip() for t in text or []):
+        raise InputError('a text prompt is empty; pass a phrase such as --text "the red car"')
+    with _warnings_as_lines():
+        out_dir = out if out is not None else default_out_dir(source)
+        check_outputs(out_dir, formats.split(","), overwrite)  # before the slow steps
+        resolve_device(device.value)
+        src = open_source(source, start, end, stride, max_size=max_size)
+        model, is_demo = load_checkpoint(checkpoint)
+        if is_demo:
+            warnings.warn("no --checkpoint given: using the bundled TINY DEMO model, trained on synthetic shapes; "
+                          "its masks only show that the tool works. Pass --checkpoint NAME_OR_PATH for real "
+                          "weights (`mutr download --list`)", stacklevel=1)
+        predictor = Predictor(model, device=device.value, precision=precision.value, threads=threads)
+        sound = "from-video" if audio_from_video else audio
+        run = predictor.segment(src, texts=text or [], audio=sound, window=window, size=size)
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[fps]:.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=stderr, transient=True,
+                      disable=quiet or not stderr.is_terminal) as progress:
+            task = progress.add_task("segmenting", total=run.total, fps=0.0)
+
+            def advance(_result) -> None:
+                elapsed = progress.tasks[0].elapsed or 0.0
+                done = progress.tasks[0].completed + 1
+                progress.update(task, advance=1, fps=done / elapsed if elapsed > 0 else 0.0)
+
+            summary = write_outputs(run, out_dir, formats.split(","), overwrite=overwrite, on_result=advance)
+
+    report = summary.to_dict() | {"checkpoint": "demo" if is_demo else checkpoint, "device": str(predictor.device),
+                                  "precision": precision.value}
+    if json_:
+        stdout.print_json(json.dumps(report))
+    elif not quiet:
+        stdout.print(f"segmented {summary.frames} frames ({len(summary.prompts)} prompt"
+                     f"{'s' if len(summary.prompts) != 1 else ''}) in {summary.seconds:.1f} s "
+                     f"({summary.fps:.2f} frames/s) on {predictor.device}", highlight=False)
+        for fmt, path in summary.outputs.items():
+            stdout.print(f"  {fmt}: {path}", highlight=False, soft_wrap=True)
