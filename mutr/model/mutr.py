@@ -319,7 +319,8 @@ class MUTR(nn.Module):
             parts = [f"{n} {label}: {show(v)}" for label, v, n in
                      (("missing", missing, len(missing)), ("unexpected", unexpected, len(unexpected)),
                       ("with the wrong shape", wrong, len(wrong))) if v]
-            raise CheckpointError(f"weights do not fit preset {self.config.name!r}: " + "; ".join(parts))
+            raise CheckpointError(f"weights do not fit preset {self.config.name!r}: " + "; ".join(parts)
+                                  + "; convert official .pth files with `mutr convert FILE OUT_DIR --preset NAME`")
         self.load_state_dict(state, strict=True)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
