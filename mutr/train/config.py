@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import types
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -26,6 +26,15 @@ class ModelSection:
     overrides: dict = field(default_factory=dict)
     # Start from these weights (a `save_pretrained` folder or a registry name); None = preset init.
     init: str | None = None
+    # Tokenizer for captions: None = the preset's (text_encoder.tokenizer); a folder, a
+    # tokenizer.json or an HF id; "synthetic" = a word-level tokenizer of the synthetic vocabulary
+    # (tiny presets have no pretrained tokenizer). Saved beside the exported model.
+    tokenizer: str | None = None
+    # Pretrained VGGish weights for the audio encoder when training from scratch (torchvggish
+    # vggish-10086976.pth or torchaudio vggish.pt); None = keep the preset's (random) weights.
+    audio_weights: str | None = None
+    # Set every dropout probability to 0 (equivalence tests, debugging; not the official recipe).
+    disable_dropout: bool = False
     # Strict load of `init` (False: keys that do not fit are reported and skipped, e.g. a text-only
     # checkpoint into a joint model).
     init_strict: bool = True
@@ -39,8 +48,13 @@ class DatasetSection:
     root: str = ""
     # Split to read: train, val, test (valid for Ref-YouTube-VOS).
     split: str = "train"
-    # Relative sampling weight in the joint mix (a clip's probability ∝ weight / dataset size).
+    # Name in logs and validation metrics; empty = kind (+ "-text"/"-audio" for synthetic).
+    name: str = ""
+    # Relative share of training clips drawn from this dataset (JointSampler ratios). All weights
+    # 0 = proportional to the dataset sizes (the official uniform ConcatDataset).
     weight: float = 1.0
+    # Augment this dataset (None = data.augment). AVSBench's own recipe trains without.
+    augment: bool | None = None
     # Extra keyword arguments for the dataset class (subset rules, synthetic sizes, ...).
     options: dict = field(default_factory=dict)
 
@@ -55,15 +69,25 @@ class DataSection:
     num_frames: int = 5
     # Clips per process per micro-batch (official: 2 per GPU, 8 GPUs).
     batch_size: int = 2
+    # Clips in a row drawn from one dataset, hence one reference modality (0 = batch_size: each
+    # batch is one modality). Smaller values (single process only) mix modalities in a step.
+    group_size: int = 0
+    # Training clips per epoch over all processes (0 = the datasets' total size).
+    samples_per_epoch: int = 0
     # DataLoader worker processes per training process (0 = load in the main process).
     num_workers: int = 2
     # Short-side scales of the training augmentation (official: 288..512, max 640).
     scales: list[int] = field(default_factory=lambda: [288, 320, 352, 392, 416, 448, 480, 512])
     # Longest side after resizing.
     max_size: int = 640
+    # The crop branch of the augmentation: resize to one of these, then crop a side in crop_range.
+    crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_range: list[int] = field(default_factory=lambda: [384, 600])
+    # Per-frame photometric distortion (brightness, contrast, saturation, hue, channel swap).
+    photometric: bool = True
     # Use the official augmentation (flip, photometric, resize/crop); False = resize only.
     augment: bool = True
-    # Short side of validation clips (official inference: 432).
+    # Short side of validation clips (official inference: 432; 0 = the stored size).
     val_size: int = 432
     # Cap on validation clips per dataset (0 = all); keeps periodic validation cheap.
     val_max_clips: int = 0
@@ -148,8 +172,12 @@ class RunSection:
     # Deterministic algorithms (torch.use_deterministic_algorithms): slower; bit-identical resume on CPU
     # does not need it.
     deterministic: bool = False
-    # torch intra-op threads per process (0 = torch's default).
+    # torch intra-op threads per process (0 = torch's default). On a shared or oversubscribed
+    # CPU, 1 can be several times faster than 2.
     threads: int = 0
+    # Stop after this many minutes of training in this invocation (0 = no limit): the run
+    # checkpoints and ends early, and a later `mutr train` resumes it.
+    time_limit: float = 0
 
 
 @dataclass
@@ -371,13 +399,20 @@ def _default_of(cls: type) -> Any:
 
 def resolve_model_config(section: ModelSection):
     """The MUTRConfig a run builds: the preset with ``overrides`` merged in."""
-    from mutr.config import MUTRConfig, _deep_merge
+    from mutr.config import MUTRConfig
 
     base = MUTRConfig.preset(section.preset).to_dict()
     if section.overrides:
-        base = _deep_merge(base, section.overrides)
+        base = _merge(base, section.overrides)
     return MUTRConfig.from_dict(base)
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 __all__ = ["TrainConfig", "ModelSection", "DatasetSection", "DataSection", "OptimSection", "LossSection",
-           "RunSection", "resolve_model_config", "parse_override", "apply_override", "replace"]
+           "RunSection", "resolve_model_config", "parse_override", "apply_override"]
