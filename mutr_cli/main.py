@@ -47,4 +47,7 @@ def _register() -> None:
 _register()
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    # Subcommands registered on the importable module, not on this __main__ copy.
+    from mutr_cli.main import app as _registered
+
+    _registered()
