@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from mutr.train.trainer import Trainer
 
 
-# ~16 s on 2 cores (torchrun, 2 processes, gloo)
+@pytest.mark.slow  # slow: subprocesses; ~16 s on 2 cores (torchrun, 2 processes, gloo)
 def test_ddp_two_processes_match_one_process(tmp_path, recipe):
     lr = 1e-3
     common = dict(steps=3, model={"tokenizer": "synthetic", "disable_dropout": True},

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,7 +29,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-# ~10 s on 2 cores (one cold subprocess)
+@pytest.mark.slow  # slow: subprocesses; ~10 s on 2 cores (one cold subprocess)
 def test_sigkill_then_resume_is_bit_identical(tmp_path, recipe):
     n = 2
     full = recipe(tmp_path / "full", steps=2 * n)  # checkpoints every 2 steps, run.threads 1
