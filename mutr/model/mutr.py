@@ -22,7 +22,6 @@ from mutr.errors import CheckpointError, ConfigError, InputError
 from mutr.model.backbone import Backbone
 from mutr.model.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from mutr.model.fusion import EarlyFusion
-from mutr.model import kernels
 from mutr.model.heads import PredictionHeads
 from mutr.model.mta import MTA
 from mutr.model.mti import MTI
@@ -195,11 +194,11 @@ class MUTR(nn.Module):
         c = self.config.transformer.d_model
         feats = self.backbone(video.flatten(0, 1))  # 4 x [B*T, C_l, h_l, w_l]
         masks = [resize_mask(frames_mask, f.shape[-2:]) for f in feats]
+        poses = [sine_2d(m, c // 2).to(dtype) for m in masks]
         proj = [self.input_proj[i](feats[i + 1]) for i in range(3)]
         proj.append(self.input_proj[3](feats[3]))
         masks.append(resize_mask(frames_mask, proj[3].shape[-2:]))
-        padded = bool(mask.any())
-        poses = [_positions(m, c // 2, dtype, padded) for m in masks]
+        poses.append(sine_2d(masks[4], c // 2).to(dtype))
         sizes = torch.stack([(~mask[:, 0, :, 0]).sum(1), (~mask[:, 0, 0, :]).sum(1)], -1)  # [B, (h, w)]
         return VisualFeatures(b, t, feats[0], proj, masks, poses, sizes)
 
@@ -250,11 +249,8 @@ class MUTR(nn.Module):
 
     def _fuse(self, level: Tensor, ref: ReferenceTokens, b: int, t: int) -> Tensor:
         bt, c, h, w = level.shape
-        if kernels.inference(level, *self.fusion.parameters()):
-            seq = self.fusion.rows(level, ref, b, t)
-        else:
-            seq = level.reshape(b, t, c, h * w).permute(1, 3, 0, 2).reshape(t * h * w, b, c)  # [(t h w), b, c]
-            seq = self.fusion(seq, ref)
+        seq = level.reshape(b, t, c, h * w).permute(1, 3, 0, 2).reshape(t * h * w, b, c)  # [(t h w), b, c]
+        seq = self.fusion(seq, ref)
         return seq.reshape(t, h * w, b, c).permute(2, 0, 3, 1).reshape(bt, c, h, w)
 
     def _check_video(self, video: Tensor, mask: Tensor | None) -> tuple[int, int, int, int]:
@@ -341,14 +337,6 @@ class MUTR(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def _positions(mask: Tensor, num_feats: int, dtype: torch.dtype, padded: bool) -> Tensor:
-    """sine_2d of a padding mask; without padding every frame has the same map, so compute one and
-    expand it over the frames (the same values)."""
-    if padded or not kernels.enabled():
-        return sine_2d(mask, num_feats).to(dtype)
-    return sine_2d(mask[:1], num_feats).to(dtype).expand(mask.shape[0], -1, -1, -1)
 
 
 def _dedup(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -8,12 +8,10 @@ reference tokens, FFN. The output is the mask features [B*T, mask_dim, H/4, W/4]
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mutr.config import FusionConfig
-from mutr.model import kernels, ops
 from mutr.model.reference import ReferenceTokens
 
 
@@ -53,24 +51,6 @@ class VisionLanguageBlock(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor, ref: ReferenceTokens, t: int) -> Tensor:
         """x, pos [B*T, C, h, w]; mask [B*T, h, w] -> [B*T, C, h, w]."""
-        attended = self._self_attention(x, pos, mask, t)
-        if kernels.inference(x, *self.parameters()):
-            return self._rows(x, attended, pos, ref, t)
-        bt, c, h, w = x.shape
-        b = bt // t
-        seq = _to_seq(x, b, t) + self.dropout1(_to_seq(attended, b, t))
-        seq = self.norm1(seq)
-        seq_pos = _to_seq(pos, b, t)
-        words = ref.features.transpose(0, 1)
-        cross = self.multihead_attn(seq + seq_pos, words + ref.pos.transpose(0, 1), words,
-                                    key_padding_mask=ref.mask, need_weights=False)[0]
-        seq = self.norm2(seq + self.dropout2(cross))
-        seq = self.norm3(seq + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(seq))))))
-        return _from_seq(seq, t, h, w)
-
-    def _self_attention(self, x: Tensor, pos: Tensor, mask: Tensor, t: int) -> Tensor:
-        """Spatio-temporal self-attention (keys and values spatially reduced by sr_ratio), brought
-        back to the full map: [B*T, C, h, w]."""
         bt, c, h, w = x.shape
         b = bt // t
         q = x + pos
@@ -86,27 +66,15 @@ class VisionLanguageBlock(nn.Module):
         attended = _from_seq(attended, t, hs, ws)
         if self.sr_ratio > 1:
             attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
-        return attended
-
-    def _rows(self, x: Tensor, attended: Tensor, pos: Tensor, ref: ReferenceTokens, t: int) -> Tensor:
-        """Residual + norm1, cross-attention to the reference, norm2, FFN, norm3: all per token,
-        so run over chunks of token rows (ops.py); the same values as the module path."""
-        bt, c, h, w = x.shape
-        b, hw = bt // t, h * w
+        seq = _to_seq(x, b, t) + self.dropout1(_to_seq(attended, b, t))
+        seq = self.norm1(seq)
+        seq_pos = _to_seq(pos, b, t)
         words = ref.features.transpose(0, 1)
-        kv = ops.KeyValues(self.multihead_attn, words + ref.pos.transpose(0, 1), words, ref.mask)
-        xs, ats, ps = (ops.TokenRows(v, b, t) for v in (x, attended, pos))
-        out = x.new_empty(t * hw, b, c)  # the official (t h w) b c sequence
-        n1, n2, n3 = self.norm1, self.norm2, self.norm3
-        for i in range(b):
-            for r0, r1 in ops.chunks(t * hw):
-                seq = xs.get(i, r0, r1).add_(ats.get(i, r0, r1))
-                seq = F.layer_norm(seq, (c,), n1.weight, n1.bias, n1.eps)
-                cross = kv.attend(ps.get(i, r0, r1).add_(seq), i)
-                seq = F.layer_norm(seq + cross, (c,), n2.weight, n2.bias, n2.eps)
-                seq = F.layer_norm(seq + ops.ffn(seq, self.linear1, self.linear2), (c,), n3.weight, n3.bias, n3.eps)
-                out[r0:r1, i] = seq
-        return _from_seq(out, t, h, w)
+        cross = self.multihead_attn(seq + seq_pos, words + ref.pos.transpose(0, 1), words,
+                                    key_padding_mask=ref.mask, need_weights=False)[0]
+        seq = self.norm2(seq + self.dropout2(cross))
+        seq = self.norm3(seq + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(seq))))))
+        return _from_seq(seq, t, h, w)
 
 
 def _to_seq(x: Tensor, b: int, t: int) -> Tensor:
