@@ -7,10 +7,12 @@ stride-64 level made from res5) feed the transformer.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mutr.config import BackboneConfig
 from mutr.errors import ConfigError
+from mutr.model import kernels
 
 _HF_CONFIGS = {
     "resnet": "ResNetConfig",
@@ -78,10 +80,110 @@ class Backbone(nn.Module):
             hf_config = getattr(transformers, _HF_CONFIGS[config.kind])(**config.params, out_features=out_features)
             self.body = AutoBackbone.from_config(hf_config)
         _freeze_batch_norms(self.body)
+        self._packed = kernels.PackedWeights(size=2 * len(list(self.body.modules())))
         self.channels: list[int] = list(self.body.channels)
         if config.trainable:
             for name, param in self.body.named_parameters():
                 param.requires_grad_(any(key in name for key in config.trainable))
 
     def forward(self, images: Tensor) -> list[Tensor]:
+        if kernels.inference(images, *self.body.parameters()) and _is_plain_resnet(self.body):
+            if kernels.autocast_dtype(images.device.type) is not None:
+                return _fused_resnet(self.body, images, self._packed)
+            return _inplace_resnet(self.body, images)
         return list(self.body(images).feature_maps)
+
+
+def _is_plain_resnet(body: nn.Module) -> bool:
+    """transformers' ResNetBackbone with bottleneck/basic blocks, ReLU and frozen batch norms,
+    returning stage1..stage4: the layout the fused forward below walks."""
+    config = getattr(body, "config", None)
+    return (type(body).__name__ == "ResNetBackbone" and getattr(config, "hidden_act", None) == "relu"
+            and list(getattr(body, "out_features", [])) == ["stage1", "stage2", "stage3", "stage4"]
+            and all(isinstance(m, FrozenBatchNorm2d) for m in body.modules() if "Norm" in type(m).__name__))
+
+
+def _inplace_resnet(body: nn.Module, images: Tensor) -> list[Tensor]:
+    """The ResNet forward with the official arithmetic (NCHW convolution, then x * s + t, then
+    ReLU) done in place: bitwise the module forward, without allocating every intermediate twice.
+
+    (Folding the batch norm into the convolution and running channels-last is ~2x faster but
+    rounds differently; the exact mode keeps these features bitwise equal to the official
+    model's, the fast mode folds.)"""
+
+    def conv_bn(layer: nn.Module, x: Tensor) -> Tensor:
+        conv, bn = layer.convolution, layer.normalization
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        bias = bn.bias - bn.running_mean * scale
+        y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return y.mul_(scale.reshape(1, -1, 1, 1).to(y.dtype)).add_(bias.reshape(1, -1, 1, 1).to(y.dtype))
+
+    stem = body.embedder
+    x = stem.pooler(conv_bn(stem.embedder, images).relu_())
+    feats = []
+    for stage in body.encoder.stages:
+        for block in stage.layers:
+            shortcut = x if isinstance(block.shortcut, nn.Identity) else conv_bn(block.shortcut, x)
+            h = x
+            for i, conv_layer in enumerate(block.layer):
+                h = conv_bn(conv_layer, h)
+                if i < len(block.layer) - 1:
+                    h = h.relu_()
+            x = h.add_(shortcut).relu_()
+        feats.append(x)
+    return feats
+
+
+def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Frozen batch norm folded into the convolution: conv(x, w * s) + (b - m * s), s = w_bn / sqrt(v + eps)."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    bias = bn.bias - bn.running_mean * scale
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
+
+
+def _conv_layer(layer: nn.Module, x: Tensor, relu: bool, cache: dict, residual: Tensor | None = None) -> Tensor:
+    """conv + frozen BN [+ residual] [+ ReLU] of a ResNetConvLayer / ResNetShortCut, one oneDNN call
+    where available (channels-last in, channels-last out)."""
+    conv, bn = layer.convolution, layer.normalization
+    fused = kernels.mkldnn_fusion(x)
+
+    def build():
+        weight, bias = _folded(conv, bn, x.dtype)
+        return (kernels.pack_conv_weight(weight, conv, x.shape) if fused else weight), bias
+
+    weight, bias = cache["store"].get((id(layer), cache["key"]),
+                                      (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var), build)
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if fused:
+        if residual is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, weight, bias, *args, "add", 1.0, "relu" if relu else None, [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, "relu" if relu else "none", [], "")
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y += residual
+    return F.relu_(y) if relu else y
+
+
+def _fused_resnet(body: nn.Module, images: Tensor, store: kernels.PackedWeights) -> list[Tensor]:
+    """The ResNet forward with folded batch norms, channels-last activations and fused
+    bias/residual/ReLU: the same function as ``body(images)`` up to float rounding, without the
+    separate normalisation, addition and activation passes over every feature map."""
+    dtype = kernels.autocast_dtype(images.device.type) or images.dtype  # autocast does not see oneDNN ops
+    x = images.to(dtype).contiguous(memory_format=torch.channels_last)
+    # packed weights depend on the dtype and (for the kernel choice) the frame size
+    cache = {"store": store, "key": (dtype, images.device, tuple(images.shape[-2:]))}
+    stem = body.embedder
+    x = stem.pooler(_conv_layer(stem.embedder, x, True, cache))
+    feats = []
+    for stage in body.encoder.stages:
+        for block in stage.layers:
+            shortcut = x if isinstance(block.shortcut, nn.Identity) else _conv_layer(block.shortcut, x, False, cache)
+            h = x
+            for i, conv_layer in enumerate(block.layer):
+                last = i == len(block.layer) - 1
+                h = _conv_layer(conv_layer, h, True, cache, residual=shortcut if last else None)
+            x = h
+        feats.append(x)
+    return feats

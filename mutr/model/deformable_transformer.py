@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mutr.config import TransformerConfig
+from mutr.model import kernels, ops
 from mutr.model.deformable_attention import MSDeformAttn
 
 
@@ -36,10 +37,30 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(c)
 
     def forward(self, src: Tensor, pos: Tensor, reference: Tensor, shapes: list[tuple[int, int]],
-                padding_mask: Tensor) -> Tensor:
+                padding_mask: Tensor | None) -> Tensor:
+        if not self.training and kernels.inference(src, *self.parameters()):  # (training: dropout)
+            return self._rows(src, pos, reference, shapes, padding_mask)
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference, src, shapes, padding_mask)))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
+
+    def _rows(self, src: Tensor, pos: Tensor, reference: Tensor, shapes: list[tuple[int, int]],
+              padding_mask: Tensor | None) -> Tensor:
+        """Inference: the value table over all tokens first, then everything else (sampling,
+        output projection, norms, FFN) per chunk of the (frame, token) rows, in cache."""
+        n, s, c = src.shape
+        attn = self.self_attn
+        table = attn.value_table(src, shapes, padding_mask)
+        flat, flat_pos, flat_ref = src.reshape(n * s, c), pos.reshape(n * s, c), reference.reshape(n * s, -1, 2)
+        out = torch.empty_like(flat)
+        n1, n2 = self.norm1, self.norm2
+        for r0, r1 in ops.chunks(n * s):
+            x = flat[r0:r1]
+            pixels, weights = attn.locations(x + flat_pos[r0:r1], flat_ref[r0:r1], shapes)
+            sampled = attn.sample_rows(table, s, r0, r1, pixels, weights, shapes)
+            x = F.layer_norm(x + kernels.linear(sampled, attn.output_proj), (c,), n1.weight, n1.bias, n1.eps)
+            out[r0:r1] = F.layer_norm(x + ops.ffn(x, self.linear1, self.linear2), (c,), n2.weight, n2.bias, n2.eps)
+        return out.view(n, s, c)
 
 
 class DecoderLayer(nn.Module):
@@ -59,7 +80,7 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(c)
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference: Tensor, memory: Tensor,
-                shapes: list[tuple[int, int]], padding_mask: Tensor) -> Tensor:
+                shapes: list[tuple[int, int]], padding_mask: Tensor | None) -> Tensor:
         """tgt, query_pos [N, Q, C]; reference [N, Q, levels, 2|4]; memory [N, S, C]."""
         qk = (tgt + query_pos).transpose(0, 1)
         attended = self.self_attn(qk, qk, tgt.transpose(0, 1), need_weights=False)[0].transpose(0, 1)
@@ -133,6 +154,8 @@ class DeformableTransformer(nn.Module):
         ratios = torch.stack([valid_ratios(m) for m in masks], 1)  # [N, levels, 2]
 
         memory = src_flat
+        if kernels.enabled() and not mask_flat.any():
+            mask_flat = None  # zeroing nothing: skip the masked_fill passes over the values
         enc_ref = encoder_reference_points(shapes, ratios)
         for layer in self.encoder.layers:
             memory = layer(memory, pos_flat, enc_ref, shapes, mask_flat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from mutr.model import ops
 from mutr.model.reference import ReferenceTokens
 
 
@@ -24,3 +25,18 @@ class EarlyFusion(nn.Module):
         key = words + ref.pos.transpose(0, 1)
         attended = self.multihead_attn(visual, key, words, key_padding_mask=ref.mask, need_weights=False)[0]
         return visual + attended
+
+    def rows(self, level: Tensor, ref: ReferenceTokens, b: int, t: int) -> Tensor:
+        """Inference on a feature map [(b t), C, h, w]: the same [(t h w), b, C] result as
+        ``forward`` on its token sequence, computed per chunk of token rows."""
+        bt, c, h, w = level.shape
+        hw = h * w
+        words = ref.features.transpose(0, 1)
+        kv = ops.KeyValues(self.multihead_attn, words + ref.pos.transpose(0, 1), words, ref.mask)
+        tokens = ops.TokenRows(level, b, t)
+        out = level.new_empty(t * hw, b, c)
+        for i in range(b):
+            for r0, r1 in ops.chunks(t * hw):
+                x = tokens.get(i, r0, r1)
+                out[r0:r1, i] = x + kv.attend(x, i)
+        return out

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mutr.config import HeadsConfig
+from mutr.model import kernels
 
 
 class MLP(nn.Module):
@@ -55,6 +56,8 @@ class DynamicMaskHead(nn.Module):
         b, t, q, _ = queries.shape
         _, _, d, h, w = mask_features.shape
         params = self.controller(queries).reshape(b * t * q, -1)
+        if kernels.inference(queries, mask_features, params) and len(self.weight_nums) >= 2:
+            return self._per_frame(params, mask_features, reference_xy, image_sizes).reshape(b, t, q, h, w)
         feats = mask_features[:, :, None].expand(b, t, q, d, h, w)
         if self.rel_coord:
             # Offsets from the query's reference point to each /4 cell centre (4x+2, 4y+2), in
@@ -79,6 +82,43 @@ class DynamicMaskHead(nn.Module):
             if i < layers - 1:
                 x = F.relu(x)
         return x.reshape(b, t, q, h, w)
+
+    def _per_frame(self, params: Tensor, mask_features: Tensor, reference_xy: Tensor, image_sizes: Tensor) -> Tensor:
+        """The same three dynamic 1x1 convolutions without the [B*T*Q, D + 2, h, w] copy of the
+        mask features: the first layer is one batched product per frame over the shared features
+        plus the (per-query, separable) relative-coordinate terms; the rest are tiny products.
+        Positions and the first layer's sum are float32 (pixel offsets reach the image size)."""
+        b, t, d, h, w = mask_features.shape
+        q = reference_xy.shape[2]
+        ch = self.channels
+        n = b * t
+        splits = torch.split(params, self.weight_nums + self.bias_nums, dim=1)
+        layers = len(self.weight_nums)
+        w1 = splits[0].reshape(n, q * ch, -1)  # [BT, Q*8, D(+2)]
+        feats = mask_features.reshape(n, d, h * w)
+        f32 = torch.promote_types(feats.dtype, torch.float32)  # float32, or float64 if given
+        x = torch.bmm(w1[:, :, :d].to(feats.dtype), feats).to(f32)  # [BT, Q*8, hw]
+        x = x.view(n, q, ch, h, w)
+        if self.rel_coord:
+            scale = image_sizes.flip(-1).to(f32)  # (w, h)
+            ref_px = reference_xy.to(f32) * scale[:, None, None, :]  # [B, T, Q, 2]
+            ys = torch.arange(h, device=x.device, dtype=f32) * 4 + 2
+            xs = torch.arange(w, device=x.device, dtype=f32) * 4 + 2
+            dx = (ref_px[..., 0, None] - xs).reshape(n, q, 1, 1, w)
+            dy = (ref_px[..., 1, None] - ys).reshape(n, q, 1, h, 1)
+            wr = w1[:, :, d:].to(f32).reshape(n, q, ch, 1, 1, 2)
+            x += wr[..., 0] * dx
+            x += wr[..., 1] * dy
+        x += splits[layers].to(f32).reshape(n, q, ch, 1, 1)
+        x = x.relu_().view(n * q, ch, h * w)
+        for i in range(1, layers):
+            out_ch = ch if i < layers - 1 else 1
+            weight = splits[i].to(f32).reshape(n * q, out_ch, -1)
+            bias = splits[layers + i].to(f32).reshape(n * q, out_ch, 1)
+            x = torch.baddbmm(bias, weight, x)
+            if i < layers - 1:
+                x = x.relu_()
+        return x
 
 
 class PredictionHeads(nn.Module):

@@ -7,6 +7,7 @@ cross-modal FPN making the mask features. Text and audio both arrive as ``Refere
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from mutr.config import MUTRConfig
 from mutr.errors import CheckpointError, ConfigError, InputError
+from mutr.model import kernels
 from mutr.model.backbone import Backbone
 from mutr.model.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from mutr.model.fusion import EarlyFusion
@@ -194,11 +196,11 @@ class MUTR(nn.Module):
         c = self.config.transformer.d_model
         feats = self.backbone(video.flatten(0, 1))  # 4 x [B*T, C_l, h_l, w_l]
         masks = [resize_mask(frames_mask, f.shape[-2:]) for f in feats]
-        poses = [sine_2d(m, c // 2).to(dtype) for m in masks]
-        proj = [self.input_proj[i](feats[i + 1]) for i in range(3)]
-        proj.append(self.input_proj[3](feats[3]))
+        proj = [self._input_proj(i, feats[i + 1]) for i in range(3)]
+        proj.append(self._input_proj(3, feats[3]))
         masks.append(resize_mask(frames_mask, proj[3].shape[-2:]))
-        poses.append(sine_2d(masks[4], c // 2).to(dtype))
+        padded = bool(mask.any())
+        poses = [_positions(m, c // 2, dtype, padded) for m in masks]
         sizes = torch.stack([(~mask[:, 0, :, 0]).sum(1), (~mask[:, 0, 0, :]).sum(1)], -1)  # [B, (h, w)]
         return VisualFeatures(b, t, feats[0], proj, masks, poses, sizes)
 
@@ -232,25 +234,42 @@ class MUTR(nn.Module):
         mask_feats = mask_feats.reshape(b, t, *mask_feats.shape[1:])
 
         outputs = []
-        for lvl in range(video_queries.shape[0]):
-            reference_pts = inverse_sigmoid(init_ref if lvl == 0 else refs[lvl - 1])
-            logits = self.heads.class_embed[lvl](video_queries[lvl])
-            delta = self.heads.bbox_embed[lvl](hs[lvl])
-            if reference_pts.shape[-1] == 4:
-                boxes = (delta + reference_pts).sigmoid()
-            else:
-                boxes = torch.cat([delta[..., :2] + reference_pts, delta[..., 2:]], -1).sigmoid()
-            ref_xy = refs[lvl, ..., :2].reshape(b, t, q, 2)
-            masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, visual.image_sizes)
-            outputs.append(MUTROutput(logits, boxes.reshape(b, t, q, 4), masks_out))
+        # The heads are tiny: under autocast they run in float32 (class logits decide which query a
+        # video keeps, the dynamic mask weights multiply pixel offsets); only the mask head's
+        # product with the mask features stays in the autocast dtype.
+        device = video_queries.device.type
+        heads_fp32 = kernels.autocast_dtype(device) is not None and kernels.enabled()
+        if heads_fp32:
+            video_queries, hs = video_queries.float(), hs.float()
+        with torch.autocast(device, enabled=False) if heads_fp32 else contextlib.nullcontext():
+            for lvl in range(video_queries.shape[0]):
+                reference_pts = inverse_sigmoid(init_ref if lvl == 0 else refs[lvl - 1])
+                logits = self.heads.class_embed[lvl](video_queries[lvl])
+                delta = self.heads.bbox_embed[lvl](hs[lvl])
+                if reference_pts.shape[-1] == 4:
+                    boxes = (delta + reference_pts).sigmoid()
+                else:
+                    boxes = torch.cat([delta[..., :2] + reference_pts, delta[..., 2:]], -1).sigmoid()
+                ref_xy = refs[lvl, ..., :2].reshape(b, t, q, 2)
+                masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, visual.image_sizes)
+                outputs.append(MUTROutput(logits, boxes.reshape(b, t, q, 4), masks_out))
         final = outputs[-1]
         final.aux_outputs = outputs[:-1] if self.training else []
         return final
 
+    def _input_proj(self, i: int, x: Tensor) -> Tensor:
+        conv, norm = self.input_proj[i]
+        if kernels.inference(x, conv.weight):
+            return norm(kernels.conv2d(x, conv))
+        return self.input_proj[i](x)
+
     def _fuse(self, level: Tensor, ref: ReferenceTokens, b: int, t: int) -> Tensor:
         bt, c, h, w = level.shape
-        seq = level.reshape(b, t, c, h * w).permute(1, 3, 0, 2).reshape(t * h * w, b, c)  # [(t h w), b, c]
-        seq = self.fusion(seq, ref)
+        if kernels.inference(level, *self.fusion.parameters()):
+            seq = self.fusion.rows(level, ref, b, t)
+        else:
+            seq = level.reshape(b, t, c, h * w).permute(1, 3, 0, 2).reshape(t * h * w, b, c)  # [(t h w), b, c]
+            seq = self.fusion(seq, ref)
         return seq.reshape(t, h * w, b, c).permute(2, 0, 3, 1).reshape(bt, c, h, w)
 
     def _check_video(self, video: Tensor, mask: Tensor | None) -> tuple[int, int, int, int]:
@@ -337,6 +356,14 @@ class MUTR(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _positions(mask: Tensor, num_feats: int, dtype: torch.dtype, padded: bool) -> Tensor:
+    """sine_2d of a padding mask; without padding every frame has the same map, so compute one and
+    expand it over the frames (the same values)."""
+    if padded or not kernels.enabled():
+        return sine_2d(mask, num_feats).to(dtype)
+    return sine_2d(mask[:1], num_feats).to(dtype).expand(mask.shape[0], -1, -1, -1)
 
 
 def _dedup(state: dict[str, Tensor]) -> dict[str, Tensor]:

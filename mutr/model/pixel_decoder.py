@@ -8,10 +8,12 @@ reference tokens, FFN. The output is the mask features [B*T, mask_dim, H/4, W/4]
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mutr.config import FusionConfig
+from mutr.model import kernels, ops
 from mutr.model.reference import ReferenceTokens
 
 
@@ -26,6 +28,9 @@ class ConvNorm(nn.Module):
         nn.init.kaiming_uniform_(self.conv.weight, a=1)  # detectron2's c2_xavier_fill
 
     def forward(self, x: Tensor) -> Tensor:
+        if kernels.inference(x, self.conv.weight):
+            x = self.norm(kernels.conv2d(x, self.conv))
+            return x.relu_() if self.relu else x
         x = self.norm(self.conv(x))
         return F.relu(x) if self.relu else x
 
@@ -51,21 +56,11 @@ class VisionLanguageBlock(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor, ref: ReferenceTokens, t: int) -> Tensor:
         """x, pos [B*T, C, h, w]; mask [B*T, h, w] -> [B*T, C, h, w]."""
+        attended = self._self_attention(x, pos, mask, t)
+        if not self.training and kernels.inference(x, *self.parameters()):  # (training: dropout)
+            return self._rows(x, attended, pos, ref, t)
         bt, c, h, w = x.shape
         b = bt // t
-        q = x + pos
-        v = x
-        if self.sr_ratio > 1:
-            size = (int(h * (1.0 / self.sr_ratio)), int(w * (1.0 / self.sr_ratio)))
-            q = F.interpolate(q, size=size, mode="nearest")
-            v = F.interpolate(v, size=size, mode="nearest")
-            mask = F.interpolate(mask[None].float(), size=size, mode="nearest")[0].bool()
-        hs, ws = q.shape[-2:]
-        attended = self.self_attn(_to_seq(q, b, t), _to_seq(q, b, t), _to_seq(v, b, t),
-                                  key_padding_mask=mask.reshape(b, t * hs * ws), need_weights=False)[0]
-        attended = _from_seq(attended, t, hs, ws)
-        if self.sr_ratio > 1:
-            attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
         seq = _to_seq(x, b, t) + self.dropout1(_to_seq(attended, b, t))
         seq = self.norm1(seq)
         seq_pos = _to_seq(pos, b, t)
@@ -75,6 +70,57 @@ class VisionLanguageBlock(nn.Module):
         seq = self.norm2(seq + self.dropout2(cross))
         seq = self.norm3(seq + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(seq))))))
         return _from_seq(seq, t, h, w)
+
+    def _self_attention(self, x: Tensor, pos: Tensor, mask: Tensor, t: int) -> Tensor:
+        """Spatio-temporal self-attention (keys and values spatially reduced by sr_ratio), brought
+        back to the full map: [B*T, C, h, w]."""
+        bt, c, h, w = x.shape
+        b = bt // t
+        v = x
+        if self.sr_ratio > 1:
+            size = (int(h * (1.0 / self.sr_ratio)), int(w * (1.0 / self.sr_ratio)))
+            if kernels.enabled():  # nearest resizing picks elements: resize, then add (the same values)
+                q = F.interpolate(x, size=size, mode="nearest") + F.interpolate(pos, size=size, mode="nearest")
+            else:
+                q = F.interpolate(x + pos, size=size, mode="nearest")
+            v = F.interpolate(v, size=size, mode="nearest")
+            mask = F.interpolate(mask[None].float(), size=size, mode="nearest")[0].bool()
+        else:
+            q = x + pos
+        hs, ws = q.shape[-2:]
+        kpm = mask.reshape(b, t * hs * ws)
+        if not self.training and kernels.inference(x, *self.self_attn.parameters()):
+            # the module's arithmetic (separate q, k, v projections, one attention call per video)
+            kv = ops.KeyValues(self.self_attn, _to_seq(q, b, t), _to_seq(v, b, t), kpm)
+            qs = _to_seq(q, b, t)
+            attended = torch.stack([kv.attend(qs[:, i], i) for i in range(b)], 1)
+        else:
+            attended = self.self_attn(_to_seq(q, b, t), _to_seq(q, b, t), _to_seq(v, b, t),
+                                      key_padding_mask=kpm, need_weights=False)[0]
+        attended = _from_seq(attended, t, hs, ws)
+        if self.sr_ratio > 1:
+            attended = F.interpolate(attended, size=(h, w), mode="bilinear", align_corners=False)
+        return attended
+
+    def _rows(self, x: Tensor, attended: Tensor, pos: Tensor, ref: ReferenceTokens, t: int) -> Tensor:
+        """Residual + norm1, cross-attention to the reference, norm2, FFN, norm3: all per token,
+        so run over chunks of token rows (ops.py); the same values as the module path."""
+        bt, c, h, w = x.shape
+        b, hw = bt // t, h * w
+        words = ref.features.transpose(0, 1)
+        kv = ops.KeyValues(self.multihead_attn, words + ref.pos.transpose(0, 1), words, ref.mask)
+        xs, ats, ps = (ops.TokenRows(v, b, t) for v in (x, attended, pos))
+        out = x.new_empty(t * hw, b, c)  # the official (t h w) b c sequence
+        n1, n2, n3 = self.norm1, self.norm2, self.norm3
+        for i in range(b):
+            for r0, r1 in ops.chunks(t * hw):
+                seq = xs.get(i, r0, r1).add_(ats.get(i, r0, r1))
+                seq = F.layer_norm(seq, (c,), n1.weight, n1.bias, n1.eps)
+                cross = kv.attend(ps.get(i, r0, r1).add_(seq), i)
+                seq = F.layer_norm(seq + cross, (c,), n2.weight, n2.bias, n2.eps)
+                seq = F.layer_norm(seq + ops.ffn(seq, self.linear1, self.linear2), (c,), n3.weight, n3.bias, n3.eps)
+                out[r0:r1, i] = seq
+        return _from_seq(out, t, h, w)
 
 
 def _to_seq(x: Tensor, b: int, t: int) -> Tensor:
@@ -115,4 +161,6 @@ class CrossModalFPNDecoder(nn.Module):
             if y is not None:
                 x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
             y = getattr(self, f"layer_{stage}")(x)
+        if kernels.inference(y, self.mask_features.weight):
+            return kernels.conv2d(y, self.mask_features)
         return self.mask_features(y)
