@@ -1,8 +1,13 @@
 """Audio reference: one VGGish (or small CNN) embedding per 0.96 s example -> reference tokens.
 
 Alignment: example k covers [k*0.96, (k+1)*0.96) s of the audio track; a window of frames uses the
-examples overlapping its time span (AVSBench: 5 s <-> 5 frames <-> 5 examples). A learned
-sentence token is prepended so MTA has a query at index 0, as RoBERTa's ``<s>`` is for text.
+examples overlapping its time span (AVSBench: 5 s <-> 5 frames <-> 5 examples). A sentence token
+is prepended so MTA has a query at index 0, as RoBERTa's ``<s>`` is for text: a learned vector
+plus the mean of the (unpadded) example tokens. It must depend on the sound: MTA's token 0
+becomes every decoder query, and MTA itself only attends to the video, so a constant token 0
+would leave classes, boxes and mask-head weights deaf to the audio (measured: a tiny-joint model
+trained that way segmented the same object whatever it heard). RoBERTa's ``<s>`` summarises the
+sentence through self-attention; the mean is the audio's summary.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ class AudioEncoder(nn.Module):
             raise InputError("the audio reference has no 0.96 s example; give at least one second of sound")
         device = self.sentence.device
         embeddings = self.encoder(audio.to(device=device, dtype=self.sentence.dtype).flatten(0, 1)).view(b, n, -1)
-        tokens = torch.cat([self.sentence.expand(b, 1, -1), self.resizer(embeddings)], 1)
         if audio_mask is None:
             audio_mask = torch.zeros(b, n, dtype=torch.bool, device=device)
         elif audio_mask.shape != (b, n):
             raise InputError(f"audio_mask must be [B, N] = {(b, n)}, got {tuple(audio_mask.shape)}")
+        examples = self.resizer(embeddings)
+        keep = (~audio_mask.to(device).bool()).to(examples.dtype)[..., None]  # [B, N, 1]
+        summary = (examples * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+        tokens = torch.cat([self.sentence.expand(b, 1, -1) + summary, examples], 1)
         mask = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=device), audio_mask.to(device).bool()], 1)
         return ReferenceTokens.from_features(tokens, mask)

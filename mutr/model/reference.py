@@ -19,7 +19,7 @@ class ReferenceTokens:
     """``features`` [B, L, C]; ``mask`` [B, L] True = padding; ``pos`` [B, L, C] (1-D sine).
 
     Token 0 is the sentence-level query that MTA refines (text: RoBERTa's ``<s>``; audio: a
-    learned token prepended to the per-second VGGish embeddings).
+    learned token plus the mean of the per-second embeddings, prepended to them).
     """
 
     features: Tensor

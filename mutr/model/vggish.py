@@ -278,18 +278,24 @@ def _diff_keys(model: VGGish, sd: Mapping[str, Tensor]) -> tuple[list[str], list
 
 
 class SmallAudioCNN(nn.Module):
-    """A ~32k-parameter stand-in for VGGish with the same interface ([M, 1, 96, 64] → [M, dim]),
-    for tests and tiny models that must run in seconds on a CPU."""
+    """An ~80k-parameter stand-in for VGGish with the same interface ([M, 1, 96, 64] → [M, dim]),
+    for tests and tiny models that must run in seconds on a CPU.
+
+    Like VGGish (whose fully connected layers see every mel band), it keeps *where* in frequency
+    the energy is: the convolutions are pooled over time only and the 16 remaining mel bands are
+    flattened into the projection. (A global average pool, the obvious small design, makes the
+    embedding the same for every pitch: a tiny-joint model trained with one could not tell which
+    object sounded.)"""
 
     def __init__(self, width: int = 16, dim: int = EMBEDDING_SIZE, *, frozen: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 48 × 32
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),  # 24 × 16
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),  # [M, 4w, 1, 1]
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d((1, 16)),  # time pooled away, 16 mel bands kept: [M, 2w, 1, 16]
         )
-        self.proj = nn.Linear(4 * width, dim)
+        self.proj = nn.Linear(2 * width * 16, dim)
         if frozen:
             self.requires_grad_(False)
 

@@ -22,14 +22,21 @@ def joint() -> MUTR:
 def test_text_and_audio_give_the_same_token_type(joint: MUTR) -> None:
     text = joint.encode_reference(torch.tensor([[0, 5, 6, 2]]))
     audio = joint.encode_reference(audio=torch.randn(1, 5, 1, 96, 64))
-    for ref, length in ((text, 4), (audio, 6)):  # audio: learned sentence token + 5 examples
+    for ref, length in ((text, 4), (audio, 6)):  # audio: sentence token + 5 examples
         assert isinstance(ref, ReferenceTokens)
         assert ref.features.shape == (1, length, 32) and ref.pos.shape == (1, length, 32)
         assert ref.mask.dtype == torch.bool and not ref.mask.any()
-    # token 0 of audio is the learned sentence token: independent of the sound
+    # token 0 of audio = learned token + mean of the example tokens: it follows the sound (MTA
+    # turns it into every decoder query)
+    enc = joint.audio_encoder
+    torch.testing.assert_close(audio.features[:, 0], enc.sentence[:, 0] + audio.features[:, 1:].mean(1))
     other = joint.encode_reference(audio=torch.randn(1, 5, 1, 96, 64))
-    assert torch.equal(audio.features[:, 0], other.features[:, 0])
+    assert not torch.allclose(audio.features[:, 0], other.features[:, 0])
     assert not torch.allclose(audio.features[:, 1:], other.features[:, 1:])
+    # padded examples do not count in the summary
+    sound = torch.cat([torch.randn(1, 5, 1, 96, 64), torch.zeros(1, 2, 1, 96, 64)], 1)
+    padded = joint.encode_reference(audio=sound, audio_mask=torch.tensor([[False] * 5 + [True] * 2]))
+    torch.testing.assert_close(padded.features[:, 0], enc.sentence[:, 0] + padded.features[:, 1:6].mean(1))
 
 
 def test_audio_reference_end_to_end_from_a_waveform(joint: MUTR) -> None:

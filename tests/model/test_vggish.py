@@ -173,6 +173,16 @@ def test_small_audio_cnn(tmp_path):
     assert y.shape == (5, 128) and torch.isfinite(y).all()
     y.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # pitch is kept, time is pooled: moving a tone burst to another mel band changes the embedding
+    # far more than moving it in time (a globally pooled CNN treats both moves alike)
+    torch.manual_seed(0)
+    fresh = build_audio_encoder("small")
+    x = torch.full((3, 1, 96, 64), -4.6)
+    x[0, 0, 20:40, 10], x[1, 0, 50:70, 10], x[2, 0, 20:40, 40] = 3.0, 3.0, 3.0
+    with torch.no_grad():
+        e = fresh(x)
+    moved_in_time, moved_in_pitch = (e[0] - e[1]).norm(), (e[0] - e[2]).norm()
+    assert moved_in_pitch > 8 * moved_in_time, (moved_in_pitch, moved_in_time)  # 16.9 here; global pool: 2-6
     from safetensors.torch import save_file
 
     save_file(model.state_dict(), tmp_path / "small.safetensors")
