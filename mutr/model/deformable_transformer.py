@@ -7,7 +7,6 @@ after the first layer and ``bbox_embed[l]`` (the heads' own modules) refines the
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F

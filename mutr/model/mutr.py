@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from mutr.config import MUTRConfig
 from mutr.errors import CheckpointError, ConfigError, InputError
+from mutr.files import atomic_write
 from mutr.model import kernels
 from mutr.model.backbone import Backbone
 from mutr.model.deformable_transformer import DeformableTransformer, inverse_sigmoid
@@ -349,8 +349,8 @@ class MUTR(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in _dedup(self.state_dict()).items()}
-        _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic_write(out / "config.json",
+        atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(out / "config.json",
                       lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
         return out
 
@@ -377,20 +377,3 @@ def _dedup(state: dict[str, Tensor]) -> dict[str, Tensor]:
         out[k] = v.clone() if ptr in seen else v
         seen.setdefault(ptr, k)
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mutr.errors import ConfigError
+from mutr.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -105,15 +104,10 @@ class Recorder:
             axes[2].legend(fontsize=7)
         fig.tight_layout()
         target = self.out_dir / CURVES_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=self.out_dir)
-        os.close(fd)
         try:
-            fig.savefig(tmp)
-            os.replace(tmp, target)
+            atomic_write(target, lambda tmp: fig.savefig(tmp, format="png"))
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return target
 
     def close(self) -> None:
@@ -142,9 +136,4 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))

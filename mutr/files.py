@@ -1,0 +1,50 @@
+"""Atomic file writes: a temporary file in the destination folder, fsync, rename into place.
+
+A crash or kill mid-write leaves the previous file (or none), never a truncated one. Files get
+the permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes them 0600, and some
+writers, such as safetensors, replace the temporary file's inode, so permissions are set after
+writing).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(tmp_path)`` fills a temporary file beside ``path``, which then replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (not possible on every platform/filesystem)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
