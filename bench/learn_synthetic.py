@@ -1,8 +1,8 @@
 """Can the training engine teach tiny-joint to follow a reference? Train on synthetic clips and score.
 
 Trains ``tiny-joint`` with ``mutr.train.Trainer`` on synthetic text- and audio-referred clips
-(configs/synthetic-tiny.yaml: 160 px frames, 5 frames per clip), then segments held-out clips
-(another seed) and prints J, F and J&F (DAVIS measures, thresholded at 0.5) for:
+(configs/synthetic-tiny.yaml: 160 px frames, 3 frames per training clip), then segments held-out
+clips (another seed, 5 frames each) and prints J, F and J&F (DAVIS measures, thresholded at 0.5) for:
 
 * text   : a caption of one object ("the red circle", "the square on the left", ...)
 * audio  : the tones of the sounding objects (target: their union)
@@ -14,7 +14,8 @@ Trains ``tiny-joint`` with ``mutr.train.Trainer`` on synthetic text- and audio-r
 Targets on 2 CPU cores in <= 10 minutes: J >= .90, J&F >= .85, swapped J >= .80.
 
     python bench/learn_synthetic.py [--config configs/synthetic-tiny.yaml] [--set optim.max_steps=800]
-        [--train-minutes 8] [--eval-clips 32]
+        [--train-minutes 9.75] [--eval-clips 32]
+        [--export examples/demo/checkpoint]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -102,11 +104,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     p.add_argument("--eval-clips", type=int, default=32)
-    p.add_argument("--train-minutes", type=float, default=8.0,
+    p.add_argument("--eval-frames", type=int, default=5, help="frames per held-out clip (training may use fewer)")
+    p.add_argument("--train-minutes", type=float, default=9.75,
                    help="stop training after this long (run.time_limit), leaving time for set-up and scoring")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="copy the trained model (config.json, model.safetensors, tokenizer.json) here and "
+                        "write its scores to DIR/scores.json (how examples/demo/checkpoint is made)")
+    p.add_argument("--overwrite", action="store_true", help="let --export replace an existing folder")
     args = p.parse_args(argv)
 
+    export = Path(args.export) if args.export else None
+    if export is not None and export.exists() and not args.overwrite:
+        p.error(f"{export} exists: pass --overwrite to replace it")
     cfg = TrainConfig.from_yaml(args.config, [f"run.time_limit={args.train_minutes}", *args.set, "data.val=[]"])
     out = Path(args.out or tempfile.mkdtemp(prefix="mutr-learn-"))
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = trainer.model.eval()
     results = {}
     t0 = time.perf_counter()
-    for name, samples in eval_sets(args.eval_clips, size, cfg.data.num_frames).items():
+    for name, samples in eval_sets(args.eval_clips, size, args.eval_frames).items():
         r = evaluate_clips(model, samples, name=name, device=trainer.device,
                            collate=lambda s: collate(s, size_divisibility=1), avsbench=False)
         results[name] = {"J": r.j, "F": r.f, "J&F": r.jf}
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\ntrained {trainer.step} steps in {train_s:.0f} s ({train_cpu_s:.0f} CPU-s in the main process, load "
           f"average {_load()} at the end) on {cfg.run.threads or torch.get_num_threads()} threads "
           f"({size[0]}x{size[1]} px, T={cfg.data.num_frames}); evaluated {args.eval_clips} held-out clips "
-          f"per row in {eval_s:.0f} s\n")
+          f"of {args.eval_frames} frames per row in {eval_s:.0f} s\n")
     print(f"{'reference':28s} {'J':>6s} {'F':>6s} {'J&F':>6s}")
     for name, r in results.items():
         print(f"{name:28s} {r['J']:6.3f} {r['F']:6.3f} {r['J&F']:6.3f}")
@@ -141,7 +151,25 @@ def main(argv: list[str] | None = None) -> dict:
                "eval_seconds": eval_s, "size": list(size), "results": results, "run": str(out)}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if export is not None:
+        _export(out / "model", export, summary, cfg, args)
     return summary
+
+
+def _export(model_dir: Path, export: Path, summary: dict, cfg: TrainConfig, args) -> None:
+    """The run's exported model plus how it was made, swapped into place in one rename."""
+    tmp = export.with_name(f".{export.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    record = {k: v for k, v in summary.items() if k != "run"}
+    record["command"] = "python bench/learn_synthetic.py " + " ".join(sys.argv[1:])
+    record["train_config"] = cfg.to_dict()
+    record["eval_clips"], record["eval_frames"] = args.eval_clips, args.eval_frames
+    (tmp / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
+    if export.exists():
+        shutil.rmtree(export)
+    tmp.rename(export)
+    print(f"exported the model to {export}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Per-module time breakdown of one MUTR forward (random weights), for finding what to speed up.
+"""Per-module time breakdown of one MUTR forward (random weights), and what an extra prompt costs.
 
     python bench/op_profile.py --preset r50 --frames 5 --height 360 --width 640 --threads 2
     python bench/op_profile.py --fast            # bf16 autocast (the fast mode)
@@ -96,6 +96,22 @@ def main() -> None:
         print(f"{indent + name:58s} {secs / args.repeats:10.3f} {share:6.1f}%")
     print(f"{'other (glue in decode / encode_video)':58s} {(total - top) / args.repeats:10.3f} "
           f"{100 * (total - top) / total:6.1f}%")
+
+    # What one more prompt costs: Predictor runs encode_video once per window for all prompts
+    # and decode once per prompt (early fusion makes everything after the backbone prompt-specific).
+    enc, dec = [], []
+    with torch.inference_mode(), ctx():
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            visual = model.encode_video(video)
+            mid = time.perf_counter()
+            model.decode(visual, ref)
+            enc.append(mid - start)
+            dec.append(time.perf_counter() - mid)
+    one = min(enc) + min(dec)
+    print(f"prompts: encode_video {min(enc) / args.frames:.3f} s/frame once per window, decode "
+          f"{min(dec) / args.frames:.3f} s/frame per prompt: each extra prompt adds {100 * min(dec) / one:.0f}% "
+          f"of a one-prompt forward")
 
     if args.ops:
         from torch.profiler import ProfilerActivity, profile
