@@ -70,8 +70,8 @@ def _scores(clip, mask) -> dict[int, float]:
 
 
 def test_demo_model_follows_the_text(demo_run) -> None:
-    """The objects the README's command names. (It confuses "the white triangle" with the yellow
-    square: see the model card; that caption is not asserted.)"""
+    """"the blue circle" (the README's command) and "the yellow square". The model confuses "the
+    white triangle" with the yellow square (see the model card), so that caption is not asserted."""
     clip, masks = demo_run
     for k in (0, 1):  # the blue circle, the yellow square
         scores = _scores(clip, masks[k])

@@ -1,8 +1,8 @@
 """A synthetic clip as an ordinary video file with sound: the bundled demo clip, and test media.
 
 ``mutr segment`` reads real files, so the demo needs one: H.264 frames of a :class:`SyntheticClip`
-and an AAC track holding the sounding objects' tones, one second of sound per frame group, exactly
-what the clip's audio-referred ground truth assumes.
+and an AAC track holding the sounding objects' tones for the clip's whole duration, which is what
+its audio-referred ground truth (the sounding objects' masks) assumes.
 """
 
 from __future__ import annotations
