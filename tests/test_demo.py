@@ -19,7 +19,7 @@ from mutr.metrics.davis import region_similarity
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo"
-HEARD = 0.4  # the shipped model: J 0.43 on the sounding square, 0.31 on the circle (model card)
+HEARD = 0.6  # the shipped model: J 0.77 on the sounding square, 0 and 0.06 elsewhere (model card)
 
 
 def test_demo_clip_is_its_seed() -> None:
@@ -70,13 +70,13 @@ def _scores(clip, mask) -> dict[int, float]:
 
 
 def test_demo_model_follows_the_text(demo_run) -> None:
-    """"the blue circle" (the README's command) and "the yellow square". The model confuses "the
-    white triangle" with the yellow square (see the model card), so that caption is not asserted."""
+    """Each object's colour-and-shape caption ("the blue circle", the README's command, ...) selects
+    that object and no other. The shipped model scores 0.85 / 0.77 / 0.64 (see the model card)."""
     clip, masks = demo_run
-    for k in (0, 1):  # the blue circle, the yellow square
+    for k, o in enumerate(clip.objects):
         scores = _scores(clip, masks[k])
-        obj = clip.objects[k].obj_id
-        assert scores[obj] >= 0.7, (clip.objects[k].captions[0], scores)
+        obj = o.obj_id
+        assert scores[obj] >= 0.55, (o.captions[0], scores)
         # the mask is the named object, not another one
         assert all(s < 0.1 for i, s in scores.items() if i != obj), scores
 
@@ -85,4 +85,4 @@ def test_demo_model_follows_the_sound(demo_run) -> None:
     clip, masks = demo_run
     scores = _scores(clip, masks[-1])
     heard = scores.pop(clip.sounding[0])
-    assert heard >= HEARD and all(heard > s for s in scores.values()), (heard, scores)
+    assert heard >= HEARD and all(s < 0.15 for s in scores.values()), (heard, scores)
