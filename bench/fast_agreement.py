@@ -14,15 +14,8 @@ relative L2 error of the logits, and whether every output is finite.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # keep bench/ (scripts named like stdlib modules) off the path
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mutr.data.synthetic import SAMPLE_RATE, make_clip
     from mutr.io.transforms import to_model_input
     from mutr.model.vggish import waveform_to_examples
+    from mutr.postprocess import select_query
     from mutr.predictor import load_checkpoint
 
     torch.set_num_threads(args.threads)
@@ -56,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
                 exact = model(video, reference=ref)
                 with torch.autocast(torch.device(args.device).type, dtype=dtype):
                     fast = model(video, reference=ref)
-                q = int(exact.pred_logits[0, :, :, 0].sigmoid().mean(0).argmax())
+                q, _ = select_query(exact.pred_logits[0])
                 a, b = exact.pred_masks[0, :, q].float(), fast.pred_masks[0, :, q].float()
                 finite &= bool(torch.isfinite(fast.pred_masks).all() and torch.isfinite(fast.pred_logits).all())
                 errors.append(float((a - b).norm() / a.norm().clamp(min=1e-12)))

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mutr.metrics.avsbench import AVSBenchMeter
 from mutr.metrics.davis import boundary_f_measure, region_similarity
+from mutr.postprocess import select_query
 
 
 @dataclass
@@ -58,11 +59,6 @@ class ValidationResult:
         return out
 
 
-def select_query(pred_logits: Tensor) -> Tensor:
-    """[B, T, Q, K] -> [B]: mean over T of sigmoid, max over K, argmax over Q (official rule)."""
-    return pred_logits.float().sigmoid().mean(1).amax(-1).argmax(-1)
-
-
 def reference_kwargs(model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, Tensor]:
     """The model's reference inputs for a ``ClipBatch``: token ids for captions, else audio."""
     if batch.captions is not None:
@@ -79,7 +75,7 @@ def predict_clip(model: torch.nn.Module, batch: Any, device: torch.device) -> tu
     """Mask logits [T, H, W] at the (unpadded) frame size of a 1-clip batch, and the chosen query."""
     frames = batch.frames.to(device)
     out = model(frames, batch.mask.to(device), **reference_kwargs(model, batch, device))
-    q = int(select_query(out.pred_logits)[0])
+    q, _ = select_query(out.pred_logits[0])
     unpadded = ~batch.mask[0, 0]  # [H, W]
     h, w = int(unpadded.any(1).sum()), int(unpadded.any(0).sum())
     logits = out.pred_masks[0, :, q].float()  # [T, h/4, w/4]
