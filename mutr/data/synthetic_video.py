@@ -15,6 +15,7 @@ import numpy as np
 
 from mutr.data.synthetic import SAMPLE_RATE, SyntheticClip, make_clip
 from mutr.errors import OutputExistsError
+from mutr.files import atomic_write
 
 DEMO_CLIP = {"seed": [777, 4], "num_frames": 10, "size": [160, 160], "fps": 2.0}
 """The bundled demo clip (examples/demo/clip.mp4): a seed no training run uses (they draw from
@@ -43,10 +44,9 @@ def write_clip_video(clip: SyntheticClip, path: str | os.PathLike, *, fps: float
     t, h, w, _ = clip.frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"H.264 4:2:0 needs even frame sizes, got {w}x{h}")
-    seconds = t / fps
-    wave = clip.waveform(seconds)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    wave = clip.waveform(t / fps)
+
+    def write(tmp: Path) -> None:
         with av.open(str(tmp), "w", format="mp4") as out:
             video = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000),
                                    options={"crf": "12", "preset": "medium"})
@@ -62,7 +62,6 @@ def write_clip_video(clip: SyntheticClip, path: str | os.PathLike, *, fps: float
                 chunk.sample_rate, chunk.pts = SAMPLE_RATE, k
                 out.mux(audio.encode(chunk))
             out.mux(audio.encode(None))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
     return path
