@@ -34,10 +34,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on sys.path, where a sibling bench/profile.py would shadow
-# the standard library's `profile` (which torch imports through cProfile): use the repo root instead.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))  # import mutr from this checkout, installed or not
 
 
 def _peak_rss_mb() -> float:
