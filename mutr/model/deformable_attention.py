@@ -22,6 +22,8 @@ are computed in pixels as ``ref * size - 0.5 + offset`` (the official code's
 ``((2 * (ref + offset / size) - 1) + 1) * size / 2 - 0.5``, simplified; float32 also under
 autocast). Results equal the ``grid_sample`` reference up to float rounding and are as accurate
 against float64 (tests/model/test_fast_paths.py, tests/model/test_deformable_attention.py).
+Under autograd the module samples with ``grid_sample`` instead: ``embedding_bag``'s backward
+sorts every index and made a tiny-joint training step 1.6x slower.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def multi_scale_deformable_attention_grid_sample(
 ) -> Tensor:
     """The official pure-PyTorch formulation (one ``grid_sample`` per level, then a weighted sum).
 
-    Kept as a second reference for the tests; same arguments and result as
+    The training path (``MSDeformAttn`` under autograd: its backward is much faster than
+    ``embedding_bag``'s) and a second reference for the tests; same arguments and result as
     ``multi_scale_deformable_attention``.
     """
     n, _, m, d = value.shape
@@ -268,11 +271,32 @@ class MSDeformAttn(nn.Module):
         """query [N, Lq, C]; reference [N, Lq, Lv, 2 or 4] (normalised, incl. padding);
         value_in [N, S, C]; padding_mask [N, S] True = padding -> [N, Lq, C]."""
         n, lq, _ = query.shape
-        table = self.value_table(value_in, shapes, padding_mask)
         pixels, weights = self.locations(query.reshape(n * lq, -1), reference.reshape(n * lq, *reference.shape[2:]),
                                          shapes)
-        sampled = self.sample_rows(table, lq, 0, n * lq, pixels, weights, shapes)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, value_in, *self.parameters())):
+            # Training: grid_sample's backward is ~5x faster than embedding_bag's (which sorts
+            # every index; 40 % of a tiny-joint training step), same function.
+            sampled = self._sample_grid(value_in, shapes, padding_mask, pixels, weights)
+        else:
+            table = self.value_table(value_in, shapes, padding_mask)
+            sampled = self.sample_rows(table, lq, 0, n * lq, pixels, weights, shapes)
         return kernels.linear(sampled, self.output_proj).view(n, lq, -1)
+
+    def _sample_grid(self, value_in: Tensor, shapes: list[tuple[int, int]], padding_mask: Tensor | None,
+                     pixels: Tensor, weights: Tensor) -> Tensor:
+        """The sampler through ``grid_sample`` (the official formulation), for autograd:
+        ``pixels`` [R, 2, M, Lv, P] and ``weights`` [R, M, Lv * P] from ``locations`` -> [R, M * D]."""
+        n = value_in.shape[0]
+        r, _, m, lv, p = pixels.shape
+        value = self.value_proj(value_in)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = _at_least_fp32(value).view(n, value.shape[1], m, self.d_model // m)
+        sizes = torch.tensor([[w, h] for h, w in shapes], dtype=pixels.dtype, device=pixels.device)
+        locations = (pixels.movedim(1, -1) + 0.5) / sizes[:, None, :]  # [R, M, Lv, P, 2] in [0, 1]
+        out = multi_scale_deformable_attention_grid_sample(
+            value, shapes, locations.view(n, r // n, m, lv, p, 2), weights.view(n, r // n, m, lv, p).to(value.dtype))
+        return out.reshape(r, -1)
 
     def sample_rows(self, table: Tensor, lq: int, start: int, stop: int, pixels: Tensor, weights: Tensor,
                     shapes: list[tuple[int, int]]) -> Tensor:

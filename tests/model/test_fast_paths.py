@@ -109,7 +109,9 @@ def test_msdeformattn_matches_official_formula(ref_dim: int) -> None:
     reference = torch.rand(n, lq, len(SHAPES), ref_dim).double()
     mask = torch.zeros(n, s, dtype=torch.bool)
     mask[:, -3:] = True
-    out = attn(query, reference, value_in, SHAPES, mask)
+    with torch.no_grad():
+        out = attn(query, reference, value_in, SHAPES, mask)  # the embedding_bag sampler
+    out_train = attn(query, reference, value_in, SHAPES, mask)  # autograd: the grid_sample sampler
 
     value = attn.value_proj(value_in).masked_fill(mask[..., None], 0).view(n, s, 2, 8)
     off = attn.sampling_offsets(query).view(n, lq, 2, len(SHAPES), 3, 2)
@@ -121,6 +123,34 @@ def test_msdeformattn_matches_official_formula(ref_dim: int) -> None:
         loc = reference[:, :, None, :, None, :2] + off / 3 * reference[:, :, None, :, None, 2:] * 0.5
     expected = attn.output_proj(multi_scale_deformable_attention_grid_sample(value, SHAPES, loc, w))
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(out_train, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_msdeformattn_training_gradients_match_embedding_bag_sampler() -> None:
+    """Training samples with grid_sample (fast backward); its gradients for every parameter and
+    input equal autograd through the inference sampler (embedding_bag), in float64."""
+    torch.manual_seed(5)
+    attn = MSDeformAttn(d_model=16, n_levels=len(SHAPES), n_heads=2, n_points=3).double()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    n, lq, s = 2, 7, sum(h * w for h, w in SHAPES)
+    query = torch.randn(n, lq, 16, dtype=torch.float64, requires_grad=True)
+    value_in = torch.randn(n, s, 16, dtype=torch.float64, requires_grad=True)
+    reference = torch.rand(n, lq, len(SHAPES), 2, dtype=torch.float64) * 1.2 - 0.1
+    mask = torch.zeros(n, s, dtype=torch.bool)
+    mask[:, -3:] = True
+    upstream = torch.randn(n, lq, 16, dtype=torch.float64)
+    leaves = [query, value_in, *attn.parameters()]
+
+    grads_grid = torch.autograd.grad((attn(query, reference, value_in, SHAPES, mask) * upstream).sum(), leaves)
+    table = attn.value_table(value_in, SHAPES, mask)
+    pixels, weights = attn.locations(query.reshape(n * lq, -1), reference.reshape(n * lq, len(SHAPES), 2), SHAPES)
+    sampled = attn.sample_rows(table, lq, 0, n * lq, pixels, weights, SHAPES)
+    grads_bag = torch.autograd.grad((attn.output_proj(sampled).view(n, lq, -1) * upstream).sum(), leaves)
+    assert all(g.abs().sum() > 0 for g in grads_grid)
+    for a, b in zip(grads_grid, grads_bag):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- bitwise row chunking
