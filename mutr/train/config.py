@@ -148,6 +148,14 @@ class LossSection:
     mask_region: Literal["padded", "valid"] = "padded"
     # Losses on every earlier decoder level too (official: yes).
     aux_loss: bool = True
+    # Mask terms (loss and matching cost) against the GT subsampled at [2::4] on the stride-4
+    # prediction grid ("stride4", official §19.5) or at full resolution against the 4x-upsampled
+    # logits that inference thresholds ("full"; the official grid caps small objects' J, see
+    # mutr/train/targets.py).
+    mask_targets: Literal["stride4", "full"] = "stride4"
+    # α of the mask focal loss (official .25: it weighs background pixels 3x, which shrinks
+    # masks of small objects by about a pixel all round; .5 weighs both sides alike).
+    mask_alpha: float = 0.25
 
 
 @dataclass

@@ -8,8 +8,8 @@ global batch: all-reduced mean over processes, clamped to >= 1):
 * ``loss_bbox`` Σ over annotated frames of |box(q*) - GT|₁, / N;
 * ``loss_giou`` Σ over annotated frames of 1 - GIoU(box(q*), GT), / N. Both include *invalid*
   annotated frames, whose GT box is all zeros (official behaviour, §18.8).
-* ``loss_mask`` per clip, the mean sigmoid focal loss over its annotated frames' pixels on the
-  [2::4, 2::4] GT grid; summed over clips, / N;
+* ``loss_mask`` per clip, the mean sigmoid focal loss (α ``mask_alpha``, official .25) over its
+  annotated frames' pixels on the [2::4, 2::4] GT grid; summed over clips, / N;
 * ``loss_dice`` per clip 1 - (2·Σpg + 1) / (Σp + Σg + 1) over the same pixels; summed, / N.
 
 ``mask_region="padded"`` (default) reproduces the official behaviour of running the mask terms
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from mutr.train.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from mutr.train.matcher import FOCAL_ALPHA, FOCAL_GAMMA, ReferringMatcher
-from mutr.train.targets import BatchTargets
+from mutr.train.targets import BatchTargets, to_target_grid
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 
@@ -71,7 +71,7 @@ class SetCriterion(torch.nn.Module):
     """
 
     def __init__(self, matcher: ReferringMatcher | None = None, weights: LossWeights = LossWeights(), *,
-                 mask_region: str = "padded", aux_loss: bool = True) -> None:
+                 mask_region: str = "padded", aux_loss: bool = True, mask_alpha: float = FOCAL_ALPHA) -> None:
         super().__init__()
         if mask_region not in ("padded", "valid"):
             raise ValueError(f"mask_region must be 'padded' (official) or 'valid', got {mask_region!r}")
@@ -79,6 +79,7 @@ class SetCriterion(torch.nn.Module):
         self.weights = weights
         self.mask_region = mask_region
         self.aux_loss = aux_loss
+        self.mask_alpha = mask_alpha
 
     # -------------------------------------------------------------- single level
     def level_losses(self, output, targets: BatchTargets, indices: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
@@ -104,16 +105,13 @@ class SetCriterion(torch.nn.Module):
         giou_loss = ((1 - giou) * gt_frames).sum()
 
         # masks of the chosen query: per clip mean focal and dice over the counted pixels
-        masks = output.pred_masks.float()[ar, :, indices]  # [B, T, h, w]
-        if masks.shape[-2:] != targets.masks.shape[-2:]:
-            raise ValueError(f"pred_masks are {tuple(masks.shape[-2:])} but the GT grid is "
-                             f"{tuple(targets.masks.shape[-2:])}; pad frames to a multiple of 32")
+        masks = to_target_grid(output.pred_masks.float()[ar, :, indices], targets)  # [B, T, h, w]
         weight = gt_frames[:, :, None, None].expand_as(masks)
         if self.mask_region == "valid" and targets.region is not None:
             weight = weight * targets.region.float()
         per_clip_pixels = weight.sum((1, 2, 3))
         counted = per_clip_pixels > 0
-        focal = (sigmoid_focal(masks, targets.masks) * weight).sum((1, 2, 3)) / per_clip_pixels.clamp(min=1)
+        focal = (sigmoid_focal(masks, targets.masks, self.mask_alpha) * weight).sum((1, 2, 3)) / per_clip_pixels.clamp(min=1)
         prob = masks.sigmoid()
         dice = 1 - (2 * (prob * targets.masks * weight).sum((1, 2, 3)) + 1) / (
             (prob * weight).sum((1, 2, 3)) + (targets.masks * weight).sum((1, 2, 3)) + 1)

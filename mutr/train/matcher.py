@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mutr.train.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
-from mutr.train.targets import BatchTargets
+from mutr.train.targets import BatchTargets, to_target_grid
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -71,7 +71,7 @@ def mask_costs(pred_masks: Tensor, targets: BatchTargets, use_region: bool = Fal
     pred_masks [B, T, Q, h, w] logits. Pixels count on annotated frames (and, with ``use_region``,
     only on unpadded pixels); the focal cost is their mean, the dice runs over all of them at once.
     """
-    logits = pred_masks.float().transpose(1, 2)  # [B, Q, T, h, w]
+    logits = to_target_grid(pred_masks.float().transpose(1, 2), targets)  # [B, Q, T, h, w]
     gt = targets.masks[:, None].expand_as(logits)
     weight = targets.has_gt.float()[:, None, :, None, None].expand_as(logits)
     if use_region and targets.region is not None:

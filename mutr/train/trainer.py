@@ -176,7 +176,7 @@ class Trainer:
         matcher = ReferringMatcher(MatcherWeights(lc.cost_class, lc.cost_bbox, lc.cost_giou, lc.cost_mask,
                                                   lc.cost_dice), mask_region=lc.mask_region)
         self.criterion = SetCriterion(matcher, LossWeights(lc.ce, lc.bbox, lc.giou, lc.mask, lc.dice),
-                                      mask_region=lc.mask_region, aux_loss=lc.aux_loss)
+                                      mask_region=lc.mask_region, aux_loss=lc.aux_loss, mask_alpha=lc.mask_alpha)
         self.checkpoint_every = cfg.run.checkpoint_every or self.steps_per_epoch
         self.val_every = cfg.run.val_every or self.checkpoint_every
 
@@ -315,7 +315,8 @@ class Trainer:
 
         Returns the weighted total (``loss``) and each unweighted term, averaged over processes."""
         parts = [p.to(self.device) for p in parts]
-        targets = [prepare_targets(p.targets, tuple(p.frames.shape[-2:]), p.mask, self.device) for p in parts]
+        full = self.config.loss.mask_targets == "full"
+        targets = [prepare_targets(p.targets, tuple(p.frames.shape[-2:]), p.mask, self.device, full) for p in parts]
         num_boxes = sum(t.num_boxes() for t in targets).to(self.device)
         if self.world_size > 1:
             dist.all_reduce(num_boxes)

@@ -291,3 +291,53 @@ def test_valid_region_option_ignores_padding():
         torch.testing.assert_close(a[name], b[name])
     official = SetCriterion(aux_loss=False)(out, base)
     assert not torch.allclose(official["loss_mask"], a["loss_mask"])
+
+
+def _band_case():
+    """One clip, T = 1, Q = 1, 8x8 frames whose GT is the top two rows (16 of 64 pixels); mask
+    logits 0 everywhere (p = .5). The official [2::4] grid samples rows 2 and 6: no positive."""
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, :2] = True
+    target = {"masks": gt, "boxes": torch.tensor([[.5, .125, 1.0, .25]])}
+    out = MUTROutput(torch.zeros(1, 1, 1, 1), torch.tensor([[[[.5, .125, 1.0, .25]]]]), torch.zeros(1, 1, 1, 2, 2))
+    return out, target
+
+
+def test_full_resolution_mask_terms_by_hand():
+    out, target = _band_case()
+    sub = SetCriterion(aux_loss=False)(out, prepare_targets([target], (8, 8)))
+    full = SetCriterion(aux_loss=False)(out, prepare_targets([target], (8, 8), full_resolution=True))
+    # stride 4: 4 negatives at p = .5 -> focal mean NEG_HALF; dice 1 - 1 / (4 * .5 + 0 + 1)
+    assert sub["loss_mask"].item() == pytest.approx(NEG_HALF, rel=1e-6)
+    assert sub["loss_dice"].item() == pytest.approx(1 - 1 / 3, rel=1e-6)
+    # full: the upsampled logits are 0 on all 64 pixels, 16 positive
+    assert full["loss_mask"].item() == pytest.approx(0.25 * POS_HALF + 0.75 * NEG_HALF, rel=1e-6)
+    assert full["loss_dice"].item() == pytest.approx(1 - (2 * 0.5 * 16 + 1) / (64 * 0.5 + 16 + 1), rel=1e-6)
+    # class and box terms do not depend on the mask grid
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        assert full[name].item() == sub[name].item()
+
+
+def test_full_resolution_compares_the_logits_inference_upsamples():
+    """The mask terms see exactly what mutr.postprocess.upsample_logits gives the user."""
+    from mutr.postprocess import upsample_logits
+    from mutr.train.targets import to_target_grid
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 2, 5, 6, generator=g)  # [B, T, Q, h, w]
+    tgt = prepare_targets([{"masks": torch.zeros(3, 20, 24), "boxes": torch.rand(3, 4)}], (20, 24),
+                          full_resolution=True)
+    up = to_target_grid(logits, tgt)
+    assert up.shape == (1, 3, 2, 20, 24)
+    for q in range(2):
+        torch.testing.assert_close(up[0, :, q], upsample_logits(logits[0, :, q], (20, 24)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        to_target_grid(logits[..., :4, :], tgt)
+
+
+def test_mask_alpha_weighs_both_sides():
+    out, target = _band_case()
+    tgt = prepare_targets([target], (8, 8), full_resolution=True)
+    balanced = SetCriterion(aux_loss=False, mask_alpha=0.5)(out, tgt)
+    # alpha .5: positives and negatives at p = .5 both cost .5 * .5^2 * ln 2
+    assert balanced["loss_mask"].item() == pytest.approx(0.5 * 0.25 * math.log(2), rel=1e-6)
