@@ -153,9 +153,6 @@ class LossSection:
     # logits that inference thresholds ("full"; the official grid caps small objects' J, see
     # mutr/train/targets.py).
     mask_targets: Literal["stride4", "full"] = "stride4"
-    # α of the mask focal loss (official .25: it weighs background pixels 3x, which shrinks
-    # masks of small objects by about a pixel all round; .5 weighs both sides alike).
-    mask_alpha: float = 0.25
 
 
 @dataclass

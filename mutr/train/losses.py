@@ -8,8 +8,9 @@ global batch: all-reduced mean over processes, clamped to >= 1):
 * ``loss_bbox`` Σ over annotated frames of |box(q*) - GT|₁, / N;
 * ``loss_giou`` Σ over annotated frames of 1 - GIoU(box(q*), GT), / N. Both include *invalid*
   annotated frames, whose GT box is all zeros (official behaviour, §18.8).
-* ``loss_mask`` per clip, the mean sigmoid focal loss (α ``mask_alpha``, official .25) over its
-  annotated frames' pixels on the [2::4, 2::4] GT grid; summed over clips, / N;
+* ``loss_mask`` per clip, the mean sigmoid focal loss over its annotated frames' pixels on the
+  [2::4, 2::4] GT grid (or the full-resolution one, ``prepare_targets(full_resolution=True)``);
+  summed over clips, / N;
 * ``loss_dice`` per clip 1 - (2·Σpg + 1) / (Σp + Σg + 1) over the same pixels; summed, / N.
 
 ``mask_region="padded"`` (default) reproduces the official behaviour of running the mask terms
@@ -71,7 +72,7 @@ class SetCriterion(torch.nn.Module):
     """
 
     def __init__(self, matcher: ReferringMatcher | None = None, weights: LossWeights = LossWeights(), *,
-                 mask_region: str = "padded", aux_loss: bool = True, mask_alpha: float = FOCAL_ALPHA) -> None:
+                 mask_region: str = "padded", aux_loss: bool = True) -> None:
         super().__init__()
         if mask_region not in ("padded", "valid"):
             raise ValueError(f"mask_region must be 'padded' (official) or 'valid', got {mask_region!r}")
@@ -79,7 +80,6 @@ class SetCriterion(torch.nn.Module):
         self.weights = weights
         self.mask_region = mask_region
         self.aux_loss = aux_loss
-        self.mask_alpha = mask_alpha
 
     # -------------------------------------------------------------- single level
     def level_losses(self, output, targets: BatchTargets, indices: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
@@ -111,7 +111,7 @@ class SetCriterion(torch.nn.Module):
             weight = weight * targets.region.float()
         per_clip_pixels = weight.sum((1, 2, 3))
         counted = per_clip_pixels > 0
-        focal = (sigmoid_focal(masks, targets.masks, self.mask_alpha) * weight).sum((1, 2, 3)) / per_clip_pixels.clamp(min=1)
+        focal = (sigmoid_focal(masks, targets.masks) * weight).sum((1, 2, 3)) / per_clip_pixels.clamp(min=1)
         prob = masks.sigmoid()
         dice = 1 - (2 * (prob * targets.masks * weight).sum((1, 2, 3)) + 1) / (
             (prob * weight).sum((1, 2, 3)) + (targets.masks * weight).sum((1, 2, 3)) + 1)

@@ -176,7 +176,7 @@ class Trainer:
         matcher = ReferringMatcher(MatcherWeights(lc.cost_class, lc.cost_bbox, lc.cost_giou, lc.cost_mask,
                                                   lc.cost_dice), mask_region=lc.mask_region)
         self.criterion = SetCriterion(matcher, LossWeights(lc.ce, lc.bbox, lc.giou, lc.mask, lc.dice),
-                                      mask_region=lc.mask_region, aux_loss=lc.aux_loss, mask_alpha=lc.mask_alpha)
+                                      mask_region=lc.mask_region, aux_loss=lc.aux_loss)
         self.checkpoint_every = cfg.run.checkpoint_every or self.steps_per_epoch
         self.val_every = cfg.run.val_every or self.checkpoint_every
 

@@ -334,10 +334,3 @@ def test_full_resolution_compares_the_logits_inference_upsamples():
     with pytest.raises(ValueError, match="multiple of 32"):
         to_target_grid(logits[..., :4, :], tgt)
 
-
-def test_mask_alpha_weighs_both_sides():
-    out, target = _band_case()
-    tgt = prepare_targets([target], (8, 8), full_resolution=True)
-    balanced = SetCriterion(aux_loss=False, mask_alpha=0.5)(out, tgt)
-    # alpha .5: positives and negatives at p = .5 both cost .5 * .5^2 * ln 2
-    assert balanced["loss_mask"].item() == pytest.approx(0.5 * 0.25 * math.log(2), rel=1e-6)
