@@ -27,9 +27,10 @@ class BatchTargets:
     """Stacked targets of B clips at the prediction grid (h = H/4, w = W/4), or at full resolution.
 
     ``masks`` [B, T, h, w] float 0/1: the GT padded to the batch's padded size and subsampled at
-    [2::4, 2::4] (not interpolated: official, §19.5), or [B, T, H, W] (``full_resolution``); ``boxes`` [B, T, 4]; ``valid``, ``has_gt``
-    [B, T] bool; ``labels`` [B, T] long; ``region`` [B, T, h, w] bool, True on unpadded pixels
-    (used only with ``mask_region="valid"``), or None when the batch has no padding mask.
+    [2::4, 2::4] (not interpolated: official, §19.5), or [B, T, H, W] (``full_resolution``);
+    ``boxes`` [B, T, 4]; ``valid``, ``has_gt`` [B, T] bool; ``labels`` [B, T] long; ``region``
+    [B, T, h, w] (or [B, T, H, W]) bool, True on unpadded pixels (used only with
+    ``mask_region="valid"``), or None when the batch has no padding mask.
     """
 
     masks: Tensor

@@ -278,14 +278,17 @@ def test_equals_official_transcription_with_padding():
         torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_valid_region_option_ignores_padding():
+@pytest.mark.parametrize("full", [False, True])
+def test_valid_region_option_ignores_padding(full: bool):
     out, targets = _random_batch(1, t=2, size=(32, 32), seed=5)
     pad = torch.zeros(1, 2, 32, 32, dtype=torch.bool)
     pad[..., 16:] = True  # right half is padding
-    base = prepare_targets(targets, (32, 32), pad)
+    base = prepare_targets(targets, (32, 32), pad, full_resolution=full)
     crit = SetCriterion(aux_loss=False, mask_region="valid")
     a = crit(out, base)
-    out.pred_masks[..., 4:] = 50.0  # change predictions only inside the padding (grid cols 4..7)
+    # change predictions only where they reach padding alone: grid cols 4..7 on the stride-4
+    # grid; upsampled, col 4 still blends into pixel 15 (source x = (15 + .5) / 4 - .5), so 5..7
+    out.pred_masks[..., 5 if full else 4:] = 50.0
     b = crit(out, base)
     for name in ("loss_mask", "loss_dice"):
         torch.testing.assert_close(a[name], b[name])
