@@ -22,8 +22,8 @@ are computed in pixels as ``ref * size - 0.5 + offset`` (the official code's
 ``((2 * (ref + offset / size) - 1) + 1) * size / 2 - 0.5``, simplified; float32 also under
 autocast). Results equal the ``grid_sample`` reference up to float rounding and are as accurate
 against float64 (tests/model/test_fast_paths.py, tests/model/test_deformable_attention.py).
-Under autograd the module samples with ``grid_sample`` instead: ``embedding_bag``'s backward
-sorts every index and made a tiny-joint training step 1.6x slower.
+Under autograd on CPU the module samples with ``grid_sample`` instead: ``embedding_bag``'s CPU
+backward sorts every index and made a tiny-joint training step 1.6x slower.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def multi_scale_deformable_attention_grid_sample(
 ) -> Tensor:
     """The official pure-PyTorch formulation (one ``grid_sample`` per level, then a weighted sum).
 
-    The training path (``MSDeformAttn`` under autograd: its backward is much faster than
-    ``embedding_bag``'s) and a second reference for the tests; same arguments and result as
+    The CPU training path (``MSDeformAttn`` under autograd: its backward is much faster than
+    ``embedding_bag``'s there) and a second reference for the tests; same arguments and result as
     ``multi_scale_deformable_attention``.
     """
     n, _, m, d = value.shape
@@ -273,9 +273,11 @@ class MSDeformAttn(nn.Module):
         n, lq, _ = query.shape
         pixels, weights = self.locations(query.reshape(n * lq, -1), reference.reshape(n * lq, *reference.shape[2:]),
                                          shapes)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, value_in, *self.parameters())):
-            # Training: grid_sample's backward is ~5x faster than embedding_bag's (which sorts
-            # every index; 40 % of a tiny-joint training step), same function.
+        if value_in.device.type == "cpu" and torch.is_grad_enabled() and any(
+                t.requires_grad for t in (query, value_in, *self.parameters())):
+            # Training on CPU: grid_sample's backward is ~5x faster than embedding_bag's (which
+            # sorts every index; 40 % of a tiny-joint training step), same function. Not on
+            # CUDA: there it would keep a [N*M, D, Lq, Lv*P] product per layer for backward.
             sampled = self._sample_grid(value_in, shapes, padding_mask, pixels, weights)
         else:
             table = self.value_table(value_in, shapes, padding_mask)

@@ -24,8 +24,8 @@ oneDNN call, weights cast to bf16 once (autocast re-casts every weight on every 
 ``inference_mode``). Sampling positions, softmaxes, LayerNorm/GroupNorm statistics and the mask
 head's pixel offsets stay float32, and so do the prediction heads: outputs are float32.
 
-Training (autograd recording) always takes the plain module path (deformable sampling through
-``grid_sample``, whose backward is fast). ``reference_kernels()`` forces
+Training (autograd recording) always takes the plain module path (on CPU, deformable sampling
+through ``grid_sample``, whose backward is fast there). ``reference_kernels()`` forces
 the plain path for inference too, for tests and for bisecting a numerical question::
 
     with mutr.model.kernels.reference_kernels():
