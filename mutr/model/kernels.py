@@ -125,9 +125,13 @@ def cast_cached(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def weight(t: torch.Tensor | None, like: torch.Tensor | None = None) -> torch.Tensor | None:
     """A weight for a matrix product or convolution: under autocast, the autocast dtype cached once
-    (autocast itself re-casts every weight on every call in inference mode); else as is."""
+    (autocast itself re-casts every weight on every call in inference mode); else as is. A weight
+    autograd records for is returned as is too: the cached copy is detached (autocast's own cast
+    inside the op keeps the gradient)."""
     if t is None:
         return None
+    if torch.is_grad_enabled() and t.requires_grad:
+        return t
     dtype = autocast_dtype(t.device.type)
     return t if dtype is None or not t.is_floating_point() else cast_cached(t, dtype)
 

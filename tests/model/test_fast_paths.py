@@ -269,3 +269,19 @@ def test_training_forward_takes_the_differentiable_path(tiny: MUTR) -> None:
     finally:
         tiny.zero_grad(set_to_none=True)
         tiny.eval()
+
+
+def test_msdeformattn_autocast_training_reaches_every_parameter() -> None:
+    """Under autocast with autograd (mixed-precision training) the projections must use the live
+    weights: the inference kernels' cached casts are detached and would starve them of gradient."""
+    torch.manual_seed(3)
+    attn = MSDeformAttn(d_model=16, n_levels=len(SHAPES), n_heads=2, n_points=3)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    n, lq, s = 2, 7, sum(h * w for h, w in SHAPES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(torch.randn(n, lq, 16), torch.rand(n, lq, len(SHAPES), 2), torch.randn(n, s, 16), SHAPES)
+    out.float().square().sum().backward()
+    starved = [name for name, p in attn.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert starved == []
