@@ -53,6 +53,7 @@ class AudioTrack:
         self._resampler = None
         self._fifo = None
         self._failed = False
+        self._end: float | None = None  # output time of the last video frame, once known
 
     @classmethod
     def open(cls, out, info: VideoInfo) -> AudioTrack | None:
@@ -174,9 +175,8 @@ class AudioTrack:
         import av
 
         data, rate = item
-        end = getattr(self, "_end", None)
-        if end is not None:  # trim what runs past the last video frame
-            keep = round(end * rate) - (self._next_sample + self._fifo.samples)
+        if self._end is not None:  # trim what runs past the last video frame
+            keep = round(self._end * rate) - (self._next_sample + self._fifo.samples)
             data = data[:, : max(0, keep)]
         if data.shape[1] == 0:
             return
@@ -200,6 +200,3 @@ class AudioTrack:
         if final:
             for packet in self._out.encode(None):
                 self._container.mux(packet)
-
-
-# -- PNG masks ----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from mutr.io.video import Frame, VideoInfo
 
 __all__ = ["OverlayWriter", "PngMaskWriter", "RleWriter", "decode_rle", "draw_overlay", "prompt_colors"]
 
+
 def prompt_colors(n: int) -> list[tuple[int, int, int]]:
     """``n`` distinct saturated RGB colours, the same for the same prompt position every run."""
     colors = []
@@ -378,6 +379,9 @@ def _pick_video_codec(codec: str) -> str:
             stacklevel=3,
         )
         return "mpeg4"
+
+
+# -- PNG masks ----------------------------------------------------------------------------
 
 
 class PngMaskWriter(_AtomicOutput):

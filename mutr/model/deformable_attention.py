@@ -290,10 +290,7 @@ class MSDeformAttn(nn.Module):
         ``pixels`` [R, 2, M, Lv, P] and ``weights`` [R, M, Lv * P] from ``locations`` -> [R, M * D]."""
         n = value_in.shape[0]
         r, _, m, lv, p = pixels.shape
-        value = self.value_proj(value_in)
-        if padding_mask is not None:
-            value = value.masked_fill(padding_mask[..., None], 0.0)
-        value = _at_least_fp32(value).view(n, value.shape[1], m, self.d_model // m)
+        value = _at_least_fp32(self.values(value_in, padding_mask))
         sizes = torch.tensor([[w, h] for h, w in shapes], dtype=pixels.dtype, device=pixels.device)
         locations = (pixels.movedim(1, -1) + 0.5) / sizes[:, None, :]  # [R, M, Lv, P, 2] in [0, 1]
         out = multi_scale_deformable_attention_grid_sample(
@@ -311,12 +308,15 @@ class MSDeformAttn(nn.Module):
                     padding_mask: Tensor | None = None) -> Tensor:
         """value_in [N, S, C] -> the sampler's table [N * S' * M, D] (value_proj, zeroed padding,
         zero-bordered levels)."""
+        return padded_value_table(self.values(value_in, padding_mask), shapes)
+
+    def values(self, value_in: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """value_in [N, S, C] -> value_proj with padding zeroed, split into heads [N, S, M, D]."""
         n = value_in.shape[0]
         value = kernels.linear(value_in, self.value_proj)
         if padding_mask is not None:
             value = value.masked_fill_(padding_mask[..., None], 0.0)
-        value = value.view(n, value.shape[1], self.n_heads, self.d_model // self.n_heads)
-        return padded_value_table(value, shapes)
+        return value.view(n, value.shape[1], self.n_heads, self.d_model // self.n_heads)
 
     def locations(self, query: Tensor, reference: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """Per query row: query [R, C]; reference [R, Lv, 2 or 4] -> sampling pixels

@@ -7,7 +7,6 @@ after the first layer and ``bbox_embed[l]`` (the heads' own modules) refines the
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

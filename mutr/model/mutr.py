@@ -351,7 +351,7 @@ class MUTR(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in _dedup(self.state_dict()).items()}
         atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
         atomic_write(out / "config.json",
-                      lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+                     lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
         return out
 
     def num_parameters(self, trainable_only: bool = False) -> int:

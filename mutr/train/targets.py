@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mutr.errors import InputError
+from mutr.postprocess import upsample_logits
 
 MASK_STRIDE = 4  # the mask head predicts at 1/4 of the padded input
 
@@ -66,8 +67,8 @@ class BatchTargets:
 
 def to_target_grid(pred_masks: Tensor, targets: BatchTargets) -> Tensor:
     """Mask logits [..., h, w] on the targets' grid: as they are for stride-4 targets (official),
-    upsampled 4x with bilinear ``align_corners=False`` for full-resolution ones, exactly as
-    inference upsamples them (``mutr.postprocess``), so the loss sees what the user gets."""
+    upsampled 4x for full-resolution ones by inference's own ``upsample_logits``, so the loss
+    sees what the user gets."""
     h, w = pred_masks.shape[-2:]
     big_h, big_w = targets.masks.shape[-2:]
     if (big_h, big_w) == (h, w):
@@ -75,10 +76,8 @@ def to_target_grid(pred_masks: Tensor, targets: BatchTargets) -> Tensor:
     if (big_h, big_w) != (h * MASK_STRIDE, w * MASK_STRIDE):
         raise ValueError(f"pred_masks are {h}x{w} but the GT grid is {big_h}x{big_w}; "
                          "pad frames to a multiple of 32")
-    lead = pred_masks.shape[:-2]
-    up = F.interpolate(pred_masks.float().reshape(-1, 1, h, w), size=(big_h, big_w), mode="bilinear",
-                       align_corners=False)
-    return up.view(*lead, big_h, big_w)
+    up = upsample_logits(pred_masks.reshape(-1, h, w), (big_h, big_w))  # bilinear is per channel
+    return up.view(*pred_masks.shape[:-2], big_h, big_w)
 
 
 def prepare_targets(
