@@ -9,9 +9,9 @@ LayerNorm row reductions, the same ``scaled_dot_product_attention`` call that
 ``nn.MultiheadAttention`` makes, so the results are bitwise those of the module forward
 (tests/model/test_fast_paths.py checks it), with bounded memory and in-place ReLU.
 
-Chunks are large on purpose. On a CPU shared with other processes every multi-threaded op pays for
-its threads to meet (measured ~6 ms per op on 2 busy cores), so splitting work into many small ops
-costs more than the cache locality it buys; a 5-frame 360x640 clip is one or two chunks per stage.
+Chunk size is a trade between cache locality (the FFN's hidden rows, the sampler's index and
+weight tensors stay in L2/L3) and per-op overhead (every multi-threaded op pays for its threads to
+meet: ~6 ms per op measured on 2 busy cores). On an idle machine locality wins (``ROWS``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from mutr.model import kernels
 
-# Token rows per chunk (a multiple of 256): bounds the FFN hidden layer to 128 MB in fp32. Measured
-# on 2 cores (encoder layer, 5x432x768): 4096 rows is fastest on an idle machine, 32768 under a
-# competing job; 16384 is within 15% of the best in both.
-ROWS = 16384
+# Token rows per chunk (a multiple of 256). Measured on 2 idle cores (AMD EPYC, r50, 5x360x640,
+# whole forward, outputs bitwise equal for every choice): 16384 rows 1.45 s/frame fp32, 0.66 bf16;
+# 4096 rows 1.23 / 0.57; 2048 rows 1.22 / 0.60. 4096 bounds the FFN hidden layer to 32 MB in fp32.
+ROWS = 4096
 
 
 def chunks(total: int, rows: int | None = None):
