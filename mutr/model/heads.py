@@ -50,14 +50,22 @@ class DynamicMaskHead(nn.Module):
             nn.init.zeros_(layer.bias)
             nn.init.xavier_uniform_(layer.weight)
 
-    def forward(self, queries: Tensor, mask_features: Tensor, reference_xy: Tensor, image_sizes: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, mask_features: Tensor, reference_xy: Tensor, image_sizes: Tensor,
+                projection: nn.Conv2d | None = None) -> Tensor:
         """queries [B, T, Q, C]; mask_features [B, T, D, h, w]; reference_xy [B, T, Q, 2] (0..1);
-        image_sizes [B, 2] unpadded (h, w) in pixels -> logits [B, T, Q, h, w]."""
+        image_sizes [B, 2] unpadded (h, w) in pixels -> logits [B, T, Q, h, w].
+
+        ``projection``: the pixel decoder's last convolution, not yet applied to ``mask_features``
+        (then [B, T, C, h, w], its input); the inference path folds it into the first layer."""
         b, t, q, _ = queries.shape
-        _, _, d, h, w = mask_features.shape
+        h, w = mask_features.shape[-2:]
         params = self.controller(queries).reshape(b * t * q, -1)
         if kernels.inference(queries, mask_features, params) and len(self.weight_nums) >= 2:
-            return self._per_frame(params, mask_features, reference_xy, image_sizes).reshape(b, t, q, h, w)
+            return self._per_frame(params, mask_features, reference_xy, image_sizes, projection).reshape(
+                b, t, q, h, w)
+        if projection is not None:
+            mask_features = projection(mask_features.flatten(0, 1)).unflatten(0, (b, t))
+        d = mask_features.shape[2]
         feats = mask_features[:, :, None].expand(b, t, q, d, h, w)
         if self.rel_coord:
             # Offsets from the query's reference point to each /4 cell centre (4x+2, 4y+2), in
@@ -83,21 +91,28 @@ class DynamicMaskHead(nn.Module):
                 x = F.relu(x)
         return x.reshape(b, t, q, h, w)
 
-    def _per_frame(self, params: Tensor, mask_features: Tensor, reference_xy: Tensor, image_sizes: Tensor) -> Tensor:
+    def _per_frame(self, params: Tensor, mask_features: Tensor, reference_xy: Tensor, image_sizes: Tensor,
+                   projection: nn.Conv2d | None) -> Tensor:
         """The same three dynamic 1x1 convolutions without the [B*T*Q, D + 2, h, w] copy of the
         mask features: the first layer is one batched product per frame over the shared features
-        plus the (per-query, separable) relative-coordinate terms; the rest are tiny products.
-        Positions and the first layer's sum are float32 (pixel offsets reach the image size)."""
-        b, t, d, h, w = mask_features.shape
+        (or, with ``projection``, one convolution per frame, see ``_folded``) plus the (per-query,
+        separable) relative-coordinate terms; the rest are tiny products. Positions and the first
+        layer's sum are float32 (pixel offsets reach the image size)."""
+        b, t, _, h, w = mask_features.shape
         q = reference_xy.shape[2]
         ch = self.channels
         n = b * t
         splits = torch.split(params, self.weight_nums + self.bias_nums, dim=1)
         layers = len(self.weight_nums)
         w1 = splits[0].reshape(n, q * ch, -1)  # [BT, Q*8, D(+2)]
-        feats = mask_features.reshape(n, d, h * w)
-        f32 = torch.promote_types(feats.dtype, torch.float32)  # float32, or float64 if given
-        x = torch.bmm(w1[:, :, :d].to(feats.dtype), feats).to(f32)  # [BT, Q*8, hw]
+        f32 = torch.promote_types(mask_features.dtype, torch.float32)  # float32, or float64 if given
+        if projection is None:
+            d = mask_features.shape[2]
+            feats = mask_features.reshape(n, d, h * w)
+            x = torch.bmm(w1[:, :, :d].to(feats.dtype), feats).to(f32)  # [BT, Q*8, hw]
+        else:
+            d = projection.out_channels
+            x = _folded(w1[:, :, :d], mask_features.flatten(0, 1), projection, f32)
         x = x.view(n, q, ch, h, w)
         if self.rel_coord:
             scale = image_sizes.flip(-1).to(f32)  # (w, h)
@@ -119,6 +134,26 @@ class DynamicMaskHead(nn.Module):
             if i < layers - 1:
                 x = x.relu_()
         return x
+
+
+def _folded(w: Tensor, feats: Tensor, projection: nn.Conv2d, dtype: torch.dtype) -> Tensor:
+    """``w`` [N, K, D] times ``projection(feats)`` [N, D, h, w] per frame, without the D-channel
+    map: a 1x1 layer after a convolution is one convolution with K output channels, its weights
+    composed in float64. For the pixel decoder's 256 -> 256 3x3 projection and K = Q * 8 = 40 that
+    is ~6x fewer products than the projection alone (bench: 195 -> 39 ms at 5x360x640 in bf16).
+    The convolution runs in ``feats``' dtype, the bias and the result in ``dtype``: [N, K, h, w]."""
+    n, k, d = w.shape
+    if projection.groups != 1 or projection.out_channels != d:
+        raise ValueError("only an ungrouped projection to the mask head's input channels folds")
+    w64 = w.double()
+    kernel = (w64 @ projection.weight.double().reshape(d, -1)).reshape(n, k, *projection.weight.shape[1:])
+    out = torch.empty(n, k, *feats.shape[-2:], dtype=dtype, device=feats.device)
+    for i in range(n):
+        out[i] = F.conv2d(feats[i:i + 1], kernel[i].to(feats.dtype), None, projection.stride,
+                          projection.padding, projection.dilation)[0]
+    if projection.bias is not None:
+        out += (w64 @ projection.bias.double()).to(dtype)[..., None, None]
+    return out
 
 
 class PredictionHeads(nn.Module):

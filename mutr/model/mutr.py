@@ -230,8 +230,12 @@ class MUTR(nn.Module):
         mti_in = frame_queries if self.training else frame_queries[-1:]
         video_queries = self.mti(mti_in)[:, :, None].expand(-1, b, t, q, c)
 
-        mask_feats = self.pixel_decoder(visual.res2, memory, masks[:4], poses[:4], ref, t)
+        # Inference folds the pixel decoder's last convolution (256 -> 256 channels) into the mask
+        # head's first dynamic layer (256 -> Q * 8): the same linear map, ~6x fewer products.
+        fold = not self.training and kernels.inference(visual.res2, *self.pixel_decoder.mask_features.parameters())
+        mask_feats = self.pixel_decoder(visual.res2, memory, masks[:4], poses[:4], ref, t, project=not fold)
         mask_feats = mask_feats.reshape(b, t, *mask_feats.shape[1:])
+        projection = self.pixel_decoder.mask_features if fold else None
 
         outputs = []
         # The heads are tiny: under autocast they run in float32 (class logits decide which query a
@@ -241,6 +245,8 @@ class MUTR(nn.Module):
         heads_fp32 = kernels.autocast_dtype(device) is not None and kernels.enabled()
         if heads_fp32:
             video_queries, hs = video_queries.float(), hs.float()
+            if fold:  # the folded projection's products run in the autocast dtype
+                mask_feats = mask_feats.to(kernels.autocast_dtype(device))
         with torch.autocast(device, enabled=False) if heads_fp32 else contextlib.nullcontext():
             for lvl in range(video_queries.shape[0]):
                 reference_pts = inverse_sigmoid(init_ref if lvl == 0 else refs[lvl - 1])
@@ -251,7 +257,8 @@ class MUTR(nn.Module):
                 else:
                     boxes = torch.cat([delta[..., :2] + reference_pts, delta[..., 2:]], -1).sigmoid()
                 ref_xy = refs[lvl, ..., :2].reshape(b, t, q, 2)
-                masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, visual.image_sizes)
+                masks_out = self.heads.mask_head(video_queries[lvl], mask_feats, ref_xy, visual.image_sizes,
+                                                 projection)
                 outputs.append(MUTROutput(logits, boxes.reshape(b, t, q, 4), masks_out))
         final = outputs[-1]
         final.aux_outputs = outputs[:-1] if self.training else []

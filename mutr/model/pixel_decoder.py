@@ -149,9 +149,11 @@ class CrossModalFPNDecoder(nn.Module):
         nn.init.zeros_(self.mask_features.bias)
 
     def forward(self, res2: Tensor, memory: list[Tensor], masks: list[Tensor], poses: list[Tensor],
-                ref: ReferenceTokens, t: int) -> Tensor:
+                ref: ReferenceTokens, t: int, project: bool = True) -> Tensor:
         """res2 [B*T, C2, H/4, W/4]; memory: encoder maps /8, /16, /32; masks, poses: backbone
-        levels /4, /8, /16, /32. Returns mask features [B*T, mask_dim, H/4, W/4]."""
+        levels /4, /8, /16, /32. Returns mask features [B*T, mask_dim, H/4, W/4], or with
+        ``project=False`` the input of the last convolution (``mask_features``) [B*T, C, H/4, W/4],
+        for a mask head that folds that convolution into its own first layer."""
         inputs = [res2, *memory]
         y = None
         for stage in (4, 3, 2, 1):
@@ -161,6 +163,8 @@ class CrossModalFPNDecoder(nn.Module):
             if y is not None:
                 x = x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
             y = getattr(self, f"layer_{stage}")(x)
+        if not project:
+            return y
         if kernels.inference(y, self.mask_features.weight):
             return kernels.conv2d(y, self.mask_features)
         return self.mask_features(y)

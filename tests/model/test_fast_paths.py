@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from mutr import MUTR, MUTRConfig
 from mutr.config import HeadsConfig, TransformerConfig
@@ -222,6 +223,26 @@ def test_mask_head_per_frame_matches_grouped_convolution() -> None:
             slow = head(q, feats, ref_xy, sizes)
     torch.testing.assert_close(fast, slow, atol=1e-10, rtol=1e-10)
 
+
+def test_mask_head_folds_the_projection_convolution() -> None:
+    """Inference hands the mask head the pixel decoder's last conv unapplied; the folded first
+    layer (one conv with Q*8 outputs per frame) must equal projecting first, on either path.
+    Expected values: the head on projection(feats), the unfolded formulation, in float64."""
+    torch.manual_seed(1)
+    head = DynamicMaskHead(HeadsConfig(mask_dim=16), 32).double().eval()
+    projection = nn.Conv2d(24, 16, 3, padding=1).double()
+    q, pre = torch.randn(1, 3, 5, 32).double(), torch.randn(1, 3, 24, 14, 20).double()
+    ref_xy, sizes = torch.rand(1, 3, 5, 2).double(), torch.tensor([[56, 80]])
+    with torch.no_grad():
+        projected = projection(pre.flatten(0, 1)).unflatten(0, (1, 3))
+        expected = head(q, projected, ref_xy, sizes)
+        folded = head(q, pre, ref_xy, sizes, projection)
+        with kernels.reference_kernels():
+            generic = head(q, pre, ref_xy, sizes, projection)
+    assert folded.shape == (1, 3, 5, 14, 20)
+    assert expected.abs().max() > 1  # not a degenerate all-zero comparison
+    torch.testing.assert_close(folded, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(generic, expected, atol=1e-10, rtol=1e-10)
 
 # ----------------------------------------------------------------------------- whole model
 def _inputs(t: int = 5):
