@@ -65,6 +65,9 @@ class DynamicMaskHead(nn.Module):
                 b, t, q, h, w)
         if projection is not None:
             mask_features = projection(mask_features.flatten(0, 1)).unflatten(0, (b, t))
+        # Under autocast the decoder runs the heads in float32 (autocast off) on low-precision
+        # mask features: the dynamic convolutions need one dtype, the parameters'.
+        mask_features = mask_features.to(params.dtype)
         d = mask_features.shape[2]
         feats = mask_features[:, :, None].expand(b, t, q, d, h, w)
         if self.rel_coord:

@@ -306,3 +306,28 @@ def test_msdeformattn_autocast_training_reaches_every_parameter() -> None:
     out.float().square().sum().backward()
     starved = [name for name, p in attn.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert starved == []
+
+
+def test_autocast_training_step_reaches_the_same_parameters(tiny: MUTR) -> None:
+    """A mixed-precision training step (CPU bf16 autocast here; CUDA AMP takes the same code
+    path: the heads run in float32 on low-precision features) is finite and sends gradient to
+    exactly the parameters a float32 step reaches."""
+    video, ids = _inputs(2)
+
+    def reached(autocast: bool) -> set[str]:
+        tiny.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = tiny(video, input_ids=ids)
+        loss = sum(o.pred_masks.float().square().mean() + o.pred_logits.float().mean() + o.pred_boxes.float().mean()
+                   for o in [out, *out.aux_outputs])
+        assert torch.isfinite(loss)
+        loss.backward()
+        return {n for n, p in tiny.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+    tiny.train()
+    try:
+        fp32, mixed = reached(False), reached(True)
+    finally:
+        tiny.zero_grad(set_to_none=True)
+        tiny.eval()
+    assert len(fp32) > 100 and mixed == fp32
