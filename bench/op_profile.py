@@ -7,6 +7,10 @@
 Module times come from forward pre/post hooks (wall clock, exclusive of nothing: a parent's time
 includes its children). The rows are MUTR's top-level stages plus the sub-modules named in
 ``--depth``; "other" is what the top-level modules do not cover (glue in ``MUTR.decode``).
+
+The issue asked for ``bench/profile.py``; a script of that name shadows the standard library's
+``profile`` module when run as ``python bench/profile.py`` and breaks importing transformers'
+backbones, hence ``op_profile.py``.
 """
 
 from __future__ import annotations

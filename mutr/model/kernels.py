@@ -6,10 +6,12 @@ fewer ops: the ResNet with in-place batch norm/ReLU/residual, early fusion, the 
 encoder layers and the FPN blocks over large chunks of token rows with in-place ReLU (ops.py),
 the dynamic mask head as products per frame instead of a grouped convolution over a
 [frames * queries * 258, h, w] copy, position maps computed once per clip. All of that is
-bitwise the module forward (tests/model/test_fast_paths.py) except two parts that compute the same
+bitwise the module forward (tests/model/test_fast_paths.py) except parts that compute the same
 function with other rounding, each as accurate as the official formulation against float64: the
 deformable sampling (``embedding_bag`` instead of ``grid_sample``) and the mask head's first
-layer. tests/test_official_equivalence.py holds exact mode within 1e-4 of the official model.
+layer, into which the pixel decoder's last convolution is folded (a 1x1 layer after a 3x3
+convolution is one 3x3 convolution: 40 output channels per frame instead of 256).
+tests/test_official_equivalence.py holds exact mode within 1e-4 of the official model.
 
 **Fast mode** is ``torch.autocast``: on CPU ``torch.autocast("cpu", dtype=torch.bfloat16)``, on
 CUDA bf16 or fp16. Weights stay fp32 (the predictor's ``precision="bf16"`` does exactly this)::
