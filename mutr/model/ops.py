@@ -17,6 +17,7 @@ meet: ~6 ms per op measured on 2 busy cores). On an idle machine locality wins (
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +53,38 @@ def chunks(total: int, rows: int | None = None):
 
 def ffn(x: Tensor, linear1: nn.Linear, linear2: nn.Linear) -> Tensor:
     """linear2(relu(linear1(x))) for a 2-D chunk of rows, ReLU in place (inference). Under bf16
-    autocast on CPU the first product and its ReLU are one oneDNN call."""
+    autocast on CPU both products are oneDNN calls on weights packed once (``onednn_weights``), the
+    first with its ReLU fused."""
     dtype = kernels.autocast_dtype(x.device.type)
     if dtype == torch.bfloat16 and x.device.type == "cpu" and kernels.mkldnn_fusion(x.to(dtype)[:0]):
-        w1, b1 = kernels.cast_cached(linear1.weight, dtype), kernels.cast_cached(linear1.bias, dtype)
+        w1, b1 = onednn_weights(linear1, dtype)
+        w2, b2 = onednn_weights(linear2, dtype)
         hidden = torch.ops.mkldnn._linear_pointwise(x.to(dtype), w1, b1, "relu", [], "")
-        return kernels.linear(hidden, linear2)
+        return torch.ops.mkldnn._linear_pointwise(hidden, w2, b2, "none", [], "")
     return kernels.linear(kernels.linear(x, linear1).relu_(), linear2)
+
+
+_PACKED: "weakref.WeakKeyDictionary[nn.Linear, kernels.PackedWeights]" = weakref.WeakKeyDictionary()
+
+
+def onednn_weights(layer: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """The layer's weight cast to ``dtype`` and reordered into oneDNN's blocked layout, and its
+    bias cast, cached until the parameters change. An eager oneDNN linear reorders a plain weight
+    on every call: packing once made r50's fast mode ~3 % faster (same outputs, bitwise)."""
+    store = _PACKED.get(layer)
+    if store is None:
+        store = _PACKED[layer] = kernels.PackedWeights(size=2)
+
+    def build():
+        weight = layer.weight.detach().to(dtype)
+        try:
+            weight = torch.ops.mkldnn._reorder_linear_weight(weight, ROWS)
+        except (RuntimeError, AttributeError):  # no oneDNN packing in this build: the plain weight works
+            pass
+        return weight, None if layer.bias is None else layer.bias.detach().to(dtype)
+
+    sources = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
+    return store.get(dtype, sources, build)
 
 
 class KeyValues:

@@ -331,3 +331,25 @@ def test_autocast_training_step_reaches_the_same_parameters(tiny: MUTR) -> None:
         tiny.zero_grad(set_to_none=True)
         tiny.eval()
     assert len(fp32) > 100 and mixed == fp32
+
+
+def test_bf16_ffn_on_packed_weights_follows_the_weights() -> None:
+    """Fast mode's FFN runs on oneDNN-packed bf16 weights cached per layer: it must equal the
+    module's bf16-autocast arithmetic (within bf16 rounding) and rebuild when the weights change
+    in place (load_state_dict copies into them)."""
+    torch.manual_seed(4)
+    l1, l2 = nn.Linear(32, 64), nn.Linear(64, 32)
+    x = torch.randn(300, 32)
+
+    def expected() -> torch.Tensor:  # float64 of the bf16-rounded operands: what bf16 products approximate
+        r = lambda t: t.bfloat16().double()  # noqa: E731
+        hidden = (r(x) @ r(l1.weight).t() + r(l1.bias)).relu()
+        return r(hidden) @ r(l2.weight).t() + r(l2.bias)
+
+    with torch.no_grad():
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = ops.ffn(x, l1, l2)
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out.double(), expected(), atol=0.05, rtol=0.02)
+            l1.weight.mul_(-2.0)  # in place: the cached packed weight must not survive this
