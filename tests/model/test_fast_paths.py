@@ -244,6 +244,7 @@ def test_mask_head_folds_the_projection_convolution() -> None:
     torch.testing.assert_close(folded, expected, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(generic, expected, atol=1e-10, rtol=1e-10)
 
+
 # ----------------------------------------------------------------------------- whole model
 def _inputs(t: int = 5):
     g = torch.Generator().manual_seed(3)
