@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -53,16 +54,20 @@ def shapes_frame(i: int, w: int, h: int) -> np.ndarray:
 def make_video(path: Path, *, n: int = 12, size: tuple[int, int] = (96, 64), rate: int = 25,
                codec: str = "libx264", pix_fmt: str = "yuv420p", audio: str | None = None,
                audio_seconds: float | None = None, silent: bool = False, pts: list[int] | None = None,
-               time_base: Fraction | None = None, fmt: str | None = None) -> list[np.ndarray]:
-    """Write ``n`` frames (+ an optional tone, ``audio_seconds`` long) and return the RGB frames."""
+               time_base: Fraction | None = None, fmt: str | None = None, rotation: int | None = None,
+               frame: Callable[[int, int, int], np.ndarray] = shapes_frame) -> list[np.ndarray]:
+    """Write ``n`` frames ``frame(i, w, h)`` (+ an optional 440 Hz tone, ``audio_seconds`` long;
+    a display ``rotation`` tag) and return the RGB frames."""
     w, h = size
-    frames = [shapes_frame(i, w, h) for i in range(n)]
+    frames = [frame(i, w, h) for i in range(n)]
     with av.open(str(path), "w", format=fmt) as c:
         v = c.add_stream(codec, rate=rate, options={"qp": "0"} if codec == "libx264" else {})
         v.width, v.height, v.pix_fmt = w, h, pix_fmt
         if time_base is not None:
             v.codec_context.time_base = v.time_base = time_base
-        a = c.add_stream(audio, rate=16000, layout="mono") if audio else None
+        if rotation is not None:
+            v.set_display_rotation(rotation)
+        a = c.add_stream(audio, rate=48000 if audio == "libopus" else 16000, layout="mono") if audio else None
         for i, img in enumerate(frames):
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts = pts[i] if pts is not None else i
@@ -73,12 +78,12 @@ def make_video(path: Path, *, n: int = 12, size: tuple[int, int] = (96, 64), rat
         for p in v.encode(None):
             c.mux(p)
         if a is not None:
-            sr = 16000
+            sr, step = a.codec_context.sample_rate, a.codec_context.frame_size or 1024
             total = round(sr * (audio_seconds if audio_seconds is not None else n / rate))
             t = np.arange(total) / sr
             tone = np.zeros(total, np.float32) if silent else (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for k in range(0, total, 1024):
-                af = av.AudioFrame.from_ndarray(tone[None, k : k + 1024], format="fltp", layout="mono")
+            for k in range(0, total, step):
+                af = av.AudioFrame.from_ndarray(tone[None, k : k + step], format="fltp", layout="mono")
                 af.sample_rate, af.pts = sr, k
                 for p in a.encode(af):
                     c.mux(p)

@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import segment_utils
 from PIL import Image
 
 from mutr.errors import InputError, MediaError
@@ -31,55 +32,9 @@ def shape_frame(i: int, w: int, h: int) -> np.ndarray:
     return img
 
 
-def make_video(
-    path: Path,
-    *,
-    n: int = 12,
-    size: tuple[int, int] = (64, 48),
-    codec: str = "libx264",
-    pix_fmt: str = "yuv420p",
-    rate: int = 25,
-    pts: list[int] | None = None,
-    time_base: Fraction | None = None,
-    audio: str | None = None,
-    rotation: int | None = None,
-    fmt: str | None = None,
-) -> list[np.ndarray]:
-    """Write ``n`` frames (and optionally a 440 Hz tone) with PyAV; return the RGB frames."""
-    w, h = size
-    frames = [shape_frame(i, w, h) for i in range(n)]
-    with av.open(str(path), "w", format=fmt) as c:
-        v = c.add_stream(codec, rate=rate, options={"qp": "0"} if codec == "libx264" else {})
-        v.width, v.height, v.pix_fmt = w, h, pix_fmt
-        if time_base is not None:
-            v.codec_context.time_base = v.time_base = time_base
-        if rotation is not None:
-            v.set_display_rotation(rotation)
-        a = None
-        if audio:
-            sample_rate = 48000 if audio == "libopus" else 16000
-            a = c.add_stream(audio, rate=sample_rate, layout="mono")
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = pts[i] if pts is not None else i
-            if time_base is not None:
-                f.time_base = time_base
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        if a is not None:
-            sr = a.codec_context.sample_rate
-            total = round(sr * n / rate)
-            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sr)).astype(np.float32)
-            for k in range(0, total, 960):
-                af = av.AudioFrame.from_ndarray(tone[None, k : k + 960], format="fltp", layout="mono")
-                af.sample_rate, af.pts = sr, k
-                for p in a.encode(af):
-                    c.mux(p)
-            for p in a.encode(None):
-                c.mux(p)
-    return frames
+def make_video(path: Path, *, size: tuple[int, int] = (64, 48), **kwargs) -> list[np.ndarray]:
+    """segment_utils.make_video with this file's frames (each recognisable by its content)."""
+    return segment_utils.make_video(path, size=size, frame=shape_frame, **kwargs)
 
 
 @pytest.fixture(scope="module")
