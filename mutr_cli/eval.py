@@ -18,7 +18,8 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mutr_cli._common import Debug, debug_enabled, handle_errors, stderr, stdout
+from mutr_cli._common import (Debug, Device, DeviceOpt, Precision, PrecisionOpt, debug_enabled, handle_errors,
+                              stderr, stdout)
 from mutr_cli.main import app
 
 
@@ -27,18 +28,6 @@ class Dataset(str, Enum):
     ref_youtube_vos = "ref-youtube-vos"
     avsbench_s4 = "avsbench-s4"
     avsbench_ms3 = "avsbench-ms3"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 class AvsFormat(str, Enum):
@@ -66,9 +55,6 @@ Predictions = Annotated[Optional[Path], typer.Option(
 MetricBatch = Annotated[Optional[int], typer.Option(
     "--metric-batch-size", min=1, metavar="N", show_default=False,
     help="AVSBench: videos per metric batch; the F-score depends on it \\[default: 4, as the official test.sh].")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run; auto picks CUDA when available.")]
-PrecisionOpt = Annotated[Precision, typer.Option(
-    "--precision", help="fp32 is exact; bf16/fp16 run under autocast (faster on GPUs).")]
 Size = Annotated[int, typer.Option("--size", min=32, metavar="PIXELS",
                                    help="Short side of the frames the model sees (official: 432).")]
 AvsFormatOpt = Annotated[AvsFormat, typer.Option(

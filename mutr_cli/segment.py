@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,20 +16,8 @@ import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from mutr_cli._common import Debug, handle_errors, stderr, stdout
+from mutr_cli._common import Debug, Device, DeviceOpt, Precision, PrecisionOpt, handle_errors, stderr, stdout
 from mutr_cli.main import app
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 def _check_formats(value: str) -> str:
@@ -61,9 +48,6 @@ Out = Annotated[Optional[Path], typer.Option(
     help="Output folder for overlay.mp4, masks/ and masks.rle.json.")]
 Formats = Annotated[str, typer.Option("--format", "-f", metavar="LIST", callback=_check_formats,
                                       help="Outputs to write, comma-separated: overlay, png, rle.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run; auto picks CUDA when available.")]
-PrecisionOpt = Annotated[Precision, typer.Option(
-    "--precision", help="fp32 is exact; bf16/fp16 run under autocast (faster on GPUs).")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, show_default="PyTorch's choice",
                                                 help="CPU threads for PyTorch.")]
 Start = Annotated[Optional[float], typer.Option("--start", min=0.0, metavar="SECONDS", show_default=False,
