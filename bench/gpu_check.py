@@ -4,8 +4,9 @@
     python bench/gpu_check.py --device cpu --preset tiny --frames 16 --height 64 --width 96   # dry run
 
 1. End-to-end FPS through ``Predictor.segment`` (decode, preprocess, model, postprocess to full-size
-   masks; no files written) on a generated 360x640 video, one text prompt, 16-frame windows, for
-   each ``--precisions`` (fast: bf16/fp16; exact: fp32). Best of ``--repeats`` after a warm-up.
+   masks; no files written) on a generated 360x640 synthetic clip (``write_clip_video``), one text
+   prompt, 16-frame windows, for each ``--precisions`` (fast: bf16/fp16; exact: fp32). Best of
+   ``--repeats`` after a warm-up.
 2. Agreement on one 5-frame clip: GPU exact vs CPU exact (max |diff| per output), and each fast
    precision vs GPU exact (relative logit error, binary-mask mean IoU).
 
@@ -29,8 +30,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,23 +37,10 @@ sys.path.insert(0, str(ROOT))
 from official_vs_mutr import OUTPUTS, mask_iou  # noqa: E402  (same folder)
 
 from mutr import MUTR, MUTRConfig, Predictor  # noqa: E402
+from mutr.data.synthetic import make_clip  # noqa: E402
+from mutr.data.synthetic_video import write_clip_video  # noqa: E402
 
 CAPTION = "the red circle"
-
-
-def write_video(path: Path, frames: int, height: int, width: int) -> None:
-    """A moving square on noise, H.264 at 25 fps (what a user's clip costs to decode)."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            img = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-            s = max(4, height // 4)
-            x = (i * 7) % max(1, width - s)
-            img[height // 3:height // 3 + s, x:x + s] = (220, 30, 30)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(stream.encode())
 
 
 def sync(device: str) -> None:
@@ -126,7 +112,8 @@ def main() -> None:
     print(json.dumps({"device": name, "torch": torch.__version__, "preset": args.preset}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "clip.mp4"
-        write_video(video, args.frames, args.height, args.width)
+        # moving shapes as H.264 at 25 fps (what a user's clip costs to decode), through the demo's writer
+        write_clip_video(make_clip(0, num_frames=args.frames, size=(args.height, args.width)), video, fps=25)
         for p in precisions:
             row = fps(model, video, args.device, p, min(args.height, args.width), args.window, args.repeats)
             print(json.dumps({"end_to_end": row}), flush=True)
