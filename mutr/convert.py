@@ -1,7 +1,9 @@
 """Convert the official MUTR checkpoints (OpenGVLab/MUTR ``.pth``) to mutr checkpoints.
 
-The rename table below maps every official key to mutr's name; it is tested against the full
-official ResNet-50 key list. Loading never executes code: ``torch.load(weights_only=True)`` with
+The rename table below maps every official key outside the backbone to mutr's name, and the
+ResNet backbones' keys (transformers' ResNetBackbone); the other backbones' keys are converted by
+their family module (``mutr.model.backbones.<kind>.convert_official``). Each is tested against the
+full official key list of its backbone. Loading never executes code: ``torch.load(weights_only=True)`` with
 only ``argparse.Namespace`` allow-listed (the ``args`` entry of the official files).
 """
 
@@ -87,20 +89,58 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
+# (embed dim, blocks in stage 3) of the official Video-Swin patch embedding -> preset
+_VIDEO_SWIN = {(96, 6): "video-swin-t", (96, 18): "video-swin-s", (128, 18): "video-swin-b"}
+_RESNETS = {6: "r50", 23: "r101"}
+
+
+def official_backbone_preset(official: dict[str, Tensor]) -> str:
+    """The preset of an official state_dict's backbone, from its keys and shapes alone."""
+    def blocks(pattern: str) -> int:
+        found = {int(m.group(1)) for k in official for m in [re.match(pattern, k)] if m}
+        return max(found) + 1 if found else 0
+
+    resnet = blocks(r"backbone\.0\.body\.layer3\.(\d+)\.")
+    patch = official.get("backbone.0.body.patch_embed.proj.weight")
+    if resnet:
+        if resnet not in _RESNETS:
+            raise CheckpointError(f"unknown ResNet depth (layer3 has {resnet} blocks); expected r50 (6) or r101 (23)")
+        return _RESNETS[resnet]
+    if patch is not None and patch.ndim == 4:
+        return "swin-l"
+    if patch is not None and patch.ndim == 5:
+        shape = (patch.shape[0], blocks(r"backbone\.0\.body\.layers\.2\.blocks\.(\d+)\."))
+        if shape not in _VIDEO_SWIN:
+            raise CheckpointError(f"unknown Video-Swin size (embed dim {shape[0]}, {shape[1]} blocks in stage 3); "
+                                  "expected the released T (96, 6), S (96, 18) or B (128, 18)")
+        return _VIDEO_SWIN[shape]
+    if "backbone.0.body.patch_embed4.weight" in official:
+        return "convmae-b"
+    if any(k.startswith("backbone.0.body.stages.") and k.endswith(".gamma") for k in official):
+        return "convnext-l"
+    sample = sorted(k for k in official if k.startswith("backbone."))[:2]
+    raise CheckpointError("this checkpoint's backbone is none of the released MUTR backbones (ResNet-50/101, Swin-L, "
+                          f"Video-Swin-T/S/B, ConvNeXt-L, ConvMAE-B; its first backbone keys: {sample or 'none'})")
+
+
 def infer_preset(official: dict[str, Tensor]) -> MUTRConfig:
-    """The preset an official state_dict fits: backbone depth, box refinement and class count."""
-    blocks = {int(m.group(1)) for k in official for m in [re.match(r"backbone\.0\.body\.layer3\.(\d+)\.", k)] if m}
-    if not blocks:
-        raise CheckpointError("this checkpoint's backbone is not a torchvision ResNet; only the r50 and r101 "
-                              "official layouts can be converted")
-    depth = max(blocks) + 1
-    name = {6: "r50", 23: "r101"}.get(depth)
-    if name is None:
-        raise CheckpointError(f"unknown ResNet depth (layer3 has {depth} blocks); expected r50 (6) or r101 (23)")
-    config = MUTRConfig.preset(name)
+    """The preset an official state_dict fits: backbone, box refinement and class count."""
+    config = MUTRConfig.preset(official_backbone_preset(official))
     refine = any(k.startswith(ALIAS_PREFIX) for k in official)
     classes = official["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in official else 1
     return replace(config, heads=replace(config.heads, with_box_refine=refine, num_classes=classes))
+
+
+def _convert_backbone(kind: str, official: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The official ``backbone.0.*`` tensors -> mutr's ``backbone.*``: by the rename table for the
+    ResNets (transformers' ResNetBackbone), by the backbone family's own converter otherwise."""
+    from mutr.model.backbone import family
+
+    own = family(kind)
+    if own is None:
+        return {official_to_mutr_key(k): v for k, v in official.items()}
+    sub = {k[len("backbone.0."):]: v for k, v in official.items()}
+    return {"backbone." + k: v for k, v in own.convert_official(sub).items()}
 
 
 def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | None = None) -> tuple[dict[str, Tensor], MUTRConfig]:
@@ -122,9 +162,16 @@ def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | N
     refine = any(k.startswith(ALIAS_PREFIX) for k in official)
     classes = official["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in official else 1
     config = replace(config, heads=replace(config.heads, with_box_refine=refine, num_classes=classes))
+    hint = (f" (it fits preset {fitting.name!r}: pass --preset {fitting.name})"
+            if fitting is not None and fitting.name != config.name else "")
     out: dict[str, Tensor] = {}
+    backbone = {k: v for k, v in official.items() if k.startswith("backbone.0.") and not _DROP.search(k)}
+    try:
+        out.update(_convert_backbone(config.backbone.kind, backbone))
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint does not fit preset {config.name!r}{hint}; {exc}") from None
     for key, value in official.items():
-        if _DROP.search(key):
+        if _DROP.search(key) or key in backbone:
             continue
         if key.startswith(ALIAS_PREFIX):
             twin = key[len("transformer.decoder."):]
@@ -141,8 +188,6 @@ def convert_state_dict(official: dict[str, Tensor], config: MUTRConfig | str | N
     unexpected = sorted(set(out) - set(expected))
     wrong = [k for k in expected if k in out and tuple(out[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        hint = (f" (it fits preset {fitting.name!r}: pass --preset {fitting.name})"
-                if fitting is not None and fitting.name != config.name else "")
         def show(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
         parts = [f"{label}: {show(v)}" for label, v in (("missing", missing), ("unexpected", unexpected),

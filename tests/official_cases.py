@@ -19,18 +19,25 @@ OUTPUT_NAMES = ("pred_logits", "pred_boxes", "pred_masks")
 
 
 def keyed_state_dict(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
-    """The harness's ``--init keyed`` weights, rebuilt from its documented rule (keyed_init):
-    each tensor is a function of (seed, key, shape) with its own generator seeded
-    ``seed * 1_000_003 + crc32(key)``; aliases take their twin's value."""
+    """The harness's ``--init keyed`` weights, rebuilt from its documented rule (keyed_init in
+    ../shared/tools/official_mutr/run_official.py): each tensor is a function of (seed, key, shape)
+    with its own generator seeded ``seed * 1_000_003 + crc32(key)``; aliases take their twin's
+    value. ``*relative_position_index`` buffers (Swin / Video-Swin) are int64 indices the harness
+    keeps as computed from the window size: they are left out here, and the converter recomputes
+    them."""
     out = {}
     for key in sorted(shapes):
         shape = tuple(shapes[key])
+        if key.endswith("relative_position_index"):
+            continue
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
         if key.endswith("running_var"):
             v = 0.5 + torch.rand(shape, generator=g)
         elif key.endswith("running_mean"):
             v = 0.1 * torch.randn(shape, generator=g)
-        elif len(shape) == 1 and key.endswith("weight"):
+        elif key.endswith(("pos_embed", "cls_token", "mask_token")):
+            v = 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 1 and key.endswith(("weight", "gamma")):
             v = 1 + 0.1 * torch.randn(shape, generator=g)
         elif len(shape) <= 1:
             v = 0.02 * torch.randn(shape, generator=g)

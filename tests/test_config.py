@@ -32,7 +32,7 @@ def test_r50_has_exactly_the_official_parameters() -> None:
 
 
 def test_every_official_key_has_its_place() -> None:
-    official = json.loads((FIXTURES / "official_r50_state_dict.json").read_text())["keys"]
+    official = json.loads((FIXTURES / "official_state_dicts" / "resnet50.json").read_text())["keys"]
     assert len(official) == 911
     model = _meta_model("r50")
     params = dict(model.named_parameters())

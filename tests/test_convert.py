@@ -31,7 +31,7 @@ def tiny_official() -> tuple[MUTR, dict[str, torch.Tensor]]:
         for p in model.state_dict().values():
             if p.is_floating_point():
                 p.add_(0.01 * torch.randn_like(p))
-    official_keys = json.loads((FIXTURES / "official_r50_state_dict.json").read_text())["keys"]
+    official_keys = json.loads((FIXTURES / "official_state_dicts" / "resnet50.json").read_text())["keys"]
     inverse = {official_to_mutr_key(k): k for k in official_keys if not k.startswith(ALIAS_PREFIX)}
     state = {inverse[k]: v.clone() for k, v in model.state_dict().items()}
     for k in list(state):  # the official model also stores the box heads under transformer.decoder
@@ -128,7 +128,7 @@ def test_aliased_box_heads_must_match(tiny_official) -> None:
 
 
 def test_r50_layout_infers_preset_and_maps_every_key() -> None:
-    shapes = json.loads((FIXTURES / "official_r50_state_dict.json").read_text())["keys"]
+    shapes = json.loads((FIXTURES / "official_state_dicts" / "resnet50.json").read_text())["keys"]
     state = {k: torch.zeros(v) for k, v in shapes.items()}
     for k in state:
         if k.startswith(ALIAS_PREFIX):

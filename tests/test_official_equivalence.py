@@ -22,13 +22,17 @@ import torch
 from official_cases import assert_close, build_from_official, keyed_state_dict, max_errors, run_cases
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# One fixture folder per released backbone (official --backbone name), each made by the harness
+# with the command in tests/fixtures/official/README.md.
+BACKBONES = sorted(p.name for p in (FIXTURES / "official").iterdir() if (p / "outputs.pt").exists())
 
 
-def test_keyed_official_weights_reproduce_all_cases() -> None:
-    shapes = json.loads((FIXTURES / "official_r50_state_dict.json").read_text())["keys"]
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_keyed_official_weights_reproduce_all_cases(backbone: str) -> None:
+    shapes = json.loads((FIXTURES / "official_state_dicts" / f"{backbone}.json").read_text())["keys"]
     model = build_from_official(keyed_state_dict(shapes, seed=0))
-    inputs = torch.load(FIXTURES / "official" / "inputs.pt", weights_only=True)
-    expected = torch.load(FIXTURES / "official" / "outputs.pt", weights_only=True)
+    inputs = torch.load(FIXTURES / "official" / backbone / "inputs.pt", weights_only=True)
+    expected = torch.load(FIXTURES / "official" / backbone / "outputs.pt", weights_only=True)
     ours = run_cases(model, inputs)
     assert_close(ours, expected)
 

@@ -1,10 +1,24 @@
-"""Multi-scale visual features from transformers' ``AutoBackbone`` with frozen batch norm.
+"""Multi-scale visual features: transformers' ``AutoBackbone`` (ResNet with frozen batch norm,
+PVTv2) or a backbone family of ``mutr.model.backbones`` (one module per family of the released
+checkpoints).
 
 MUTR uses four levels (strides 4, 8, 16, 32): res2 feeds only the pixel decoder, res3..res5 (and a
 stride-64 level made from res5) feed the transformer.
+
+A family module ``mutr.model.backbones.<kind>`` provides
+  ``build(config: BackboneConfig) -> nn.Module``: a body with ``channels`` (4 ints) and
+      ``temporal`` (True when a frame's features depend on the other frames of its clip), whose
+      ``forward(images [B*T, 3, H, W], frames=T)`` returns the four maps;
+  ``convert_official(state) -> state``: the official ``backbone.0.*`` tensors (prefix removed)
+      -> this module's ``body.*`` tensors (every key used, derived buffers checked and dropped);
+  ``convert_pretrained(state) -> state``: the official recipe's ImageNet / Kinetics backbone file
+      -> ``body.*`` tensors, for training from it.
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +34,8 @@ _HF_CONFIGS = {
     "convnext": "ConvNextConfig",
     "pvt_v2": "PvtV2Config",
 }
+# Kinds built by a module of mutr.model.backbones (see the module docstring).
+FAMILIES: tuple[str, ...] = ()
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -63,16 +79,33 @@ def _freeze_batch_norms(module: nn.Module) -> None:
             _freeze_batch_norms(child)
 
 
+def family(kind: str) -> ModuleType | None:
+    """The ``mutr.model.backbones`` module of a backbone kind; None for the AutoBackbone kinds."""
+    if kind in _HF_CONFIGS:
+        return None
+    if kind not in FAMILIES:
+        raise ConfigError(f"unknown backbone kind {kind!r}; use one of {sorted(set(_HF_CONFIGS) | set(FAMILIES))}")
+    return importlib.import_module(f"mutr.model.backbones.{kind}")
+
+
 class Backbone(nn.Module):
-    """Image batch [N, 3, H, W] -> four feature maps [N, C_l, H/s_l, W/s_l], s = 4, 8, 16, 32."""
+    """Frames [B*T, 3, H, W] of B clips of T frames -> four feature maps [B*T, C_l, H/s_l, W/s_l],
+    s = 4, 8, 16, 32. ``temporal`` backbones mix the frames of a clip, so their features of a
+    frame depend on which clip it is in (callers must not reuse them across clips)."""
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
+        own = family(config.kind)
+        self.temporal = False
+        self._own = own is not None
+        if own is not None:
+            self.body = own.build(config)
+            self.channels: list[int] = list(self.body.channels)
+            self.temporal = bool(self.body.temporal)
+            return
         import transformers
         from transformers import AutoBackbone
 
-        if config.kind not in _HF_CONFIGS:
-            raise ConfigError(f"unknown backbone kind {config.kind!r}; use one of {sorted(_HF_CONFIGS)}")
         out_features = ["stage1", "stage2", "stage3", "stage4"]
         if config.pretrained:
             self.body = AutoBackbone.from_pretrained(config.pretrained, out_features=out_features)
@@ -86,7 +119,9 @@ class Backbone(nn.Module):
             for name, param in self.body.named_parameters():
                 param.requires_grad_(any(key in name for key in config.trainable))
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def forward(self, images: Tensor, frames: int = 1) -> list[Tensor]:
+        if self._own:
+            return list(self.body(images, frames=frames))
         if kernels.inference(images, *self.body.parameters()) and _is_plain_resnet(self.body):
             if kernels.autocast_dtype(images.device.type) is not None:
                 return _fused_resnet(self.body, images, self._packed)

@@ -194,7 +194,7 @@ class MUTR(nn.Module):
         frames_mask = mask.flatten(0, 1)  # [B*T, H, W]
         dtype = video.dtype
         c = self.config.transformer.d_model
-        feats = self.backbone(video.flatten(0, 1))  # 4 x [B*T, C_l, h_l, w_l]
+        feats = self.backbone(video.flatten(0, 1), frames=t)  # 4 x [B*T, C_l, h_l, w_l]
         masks = [resize_mask(frames_mask, f.shape[-2:]) for f in feats]
         proj = [self._input_proj(i, feats[i + 1]) for i in range(3)]
         proj.append(self._input_proj(3, feats[3]))
@@ -302,14 +302,17 @@ class MUTR(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "MUTR":
-        """Load ``config.json`` + ``model.safetensors`` from a directory or a downloaded registry name."""
+        """Load ``config.json`` + ``model.safetensors`` from a checkpoint directory.
+
+        Registry names are resolved above the model (``mutr.hub.resolve_checkpoint``, which
+        ``Predictor.from_pretrained`` and the CLI call), so the model never imports the hub.
+        """
         from safetensors.torch import load_file
 
         path = Path(path_or_name)
         if not path.exists():
-            from mutr.hub import resolve_checkpoint
-
-            path = resolve_checkpoint(str(path_or_name))
+            raise CheckpointError(f"checkpoint directory {path} does not exist; for a registry name use "
+                                  f"MUTR.from_pretrained(mutr.hub.resolve_checkpoint({str(path_or_name)!r}))")
         config_file, weights = path / "config.json", path / "model.safetensors"
         for f in (config_file, weights):
             if not f.is_file():
