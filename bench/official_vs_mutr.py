@@ -3,7 +3,8 @@
     python bench/official_vs_mutr.py --sizes 5x360x640,5x432x768 --threads 2 --repeats 3
     python bench/official_vs_mutr.py --sizes 36x432x768 --repeats 2 --modes exact,fast
 
-The official model (OpenGVLab/MUTR, released R50 configuration: box refinement, binary head) runs
+The official model (OpenGVLab/MUTR, released configuration: box refinement, binary head; backbone
+``--backbone``, ResNet-50 by default) runs
 in a worker subprocess, normally another virtual environment with torchvision
 (``--official-python``, or ``$MUTR_OFFICIAL_PYTHON``), built by the harness helpers in
 ``--harness`` (``$MUTR_OFFICIAL_HARNESS``, default ../shared/tools/official_mutr) from the checkout
@@ -39,6 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_IDS = [0, 627, 1104, 2335, 4494, 15, 5, 235, 9, 5, 2170, 2]
 OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks")
+PRESETS = {"resnet50": "r50", "resnet101": "r101", "swin_l_p4w7": "swin-l", "video_swin_t_p4w7": "video-swin-t",
+           "video_swin_s_p4w7": "video-swin-s", "video_swin_b_p4w7": "video-swin-b",
+           "convnext_large": "convnext-l", "convmae_base": "convmae-b"}
 
 # Runs in the official environment: builds the official model, writes its state_dict, then
 # serves {"video": path, "out": path} requests (one JSON line each) with {"seconds": s}.
@@ -58,8 +62,9 @@ ro.patch_msda_function()
 tok = ro.FixedTableTokenizer({ro.HARNESS_CAPTION: json.loads(os.environ["BENCH_TOKENS"])})
 ro.patch_downloads(tok, "sdpa")
 parser = argparse.ArgumentParser(parents=[opts.get_args_parser()], add_help=False)
-args = parser.parse_args(["--device", "cpu"] + ro.RELEASED_FLAGS)
+args = parser.parse_args(["--device", "cpu", "--backbone", os.environ["BENCH_BACKBONE"]] + ro.RELEASED_FLAGS)
 args.masks = True
+ro.patch_backbone_pretrained(args.backbone, args)
 seed = int(os.environ["BENCH_SEED"])
 torch.manual_seed(seed)
 model, _, _ = build_model(args)
@@ -77,15 +82,19 @@ for line in sys.stdin:
         secs = time.perf_counter() - t0
     if req.get("out"):
         torch.save({k: out[k] for k in ("pred_logits", "pred_boxes", "pred_masks")}, req["out"])
-    print(json.dumps({"seconds": secs}), flush=True)
+    import resource
+    print(json.dumps({"seconds": secs, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}),
+          flush=True)
 '''
 
 
 class Official:
     """The official model in a worker process (its own venv); one forward per request."""
 
-    def __init__(self, python: str, repo: str, harness: str, threads: int, seed: int, state_path: Path):
+    def __init__(self, python: str, repo: str, harness: str, threads: int, seed: int, state_path: Path,
+                 backbone: str):
         env = dict(os.environ, MUTR_OFFICIAL_REPO=repo, BENCH_HARNESS=harness, BENCH_THREADS=str(threads),
+                   BENCH_BACKBONE=backbone,
                    BENCH_SEED=str(seed), BENCH_STATE=str(state_path), BENCH_TOKENS=json.dumps(TOKEN_IDS),
                    PYTHONWARNINGS="ignore")
         # run from an empty directory: the official checkout's top-level names must win
@@ -105,7 +114,9 @@ class Official:
         self.proc.stdin.write(json.dumps({"video": str(video_path), "out": str(out_path) if out_path else ""})
                               + "\n")
         self.proc.stdin.flush()
-        return self._reply()["seconds"]
+        reply = self._reply()
+        self.peak_rss_gib = reply["peak_rss_gib"]
+        return reply["seconds"]
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -170,11 +181,13 @@ def main() -> None:
                     help="mutr modes: exact (fp32), fast (bf16 autocast), plain (fp32 with "
                          "mutr.model.kernels.reference_kernels(): the module-by-module formulation)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone", default="resnet50",
+                    help="official --backbone name (resnet50, swin_l_p4w7, video_swin_t_p4w7, ...)")
     ap.add_argument("--official-python", default=os.environ.get("MUTR_OFFICIAL_PYTHON", sys.executable))
     ap.add_argument("--official-repo", default=os.environ.get("MUTR_OFFICIAL_REPO"))
     ap.add_argument("--harness", default=os.environ.get(
         "MUTR_OFFICIAL_HARNESS", str(ROOT.parent / "shared" / "tools" / "official_mutr")))
-    ap.add_argument("--no-official", action="store_true", help="time mutr only (random r50 weights)")
+    ap.add_argument("--no-official", action="store_true", help="time mutr only (random weights of the preset)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra forward per size)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -194,20 +207,20 @@ def main() -> None:
             sys.exit("set --official-repo / MUTR_OFFICIAL_REPO (or pass --no-official)")
         print(f"building the official model in {args.official_python} ...", flush=True)
         official = Official(args.official_python, args.official_repo, args.harness, args.threads, args.seed,
-                            tmp / "state_dict.pt")
+                            tmp / "state_dict.pt", args.backbone)
         state, config = convert_state_dict(torch.load(tmp / "state_dict.pt", weights_only=True))
         model = MUTR(config)
         model.load_state_dict_checked(state)
         (tmp / "state_dict.pt").unlink()
     else:
         torch.manual_seed(args.seed)
-        model = MUTR(MUTRConfig.preset("r50"))
+        model = MUTR(MUTRConfig.preset(PRESETS[args.backbone]))
     model.eval()
     ids = torch.tensor([TOKEN_IDS])
     peaks = gemm_peak(args.threads)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
         if Path("/proc/cpuinfo").exists() else "?"
-    header = {"cpu": cpu, "threads": args.threads, "torch": torch.__version__,
+    header = {"backbone": args.backbone, "cpu": cpu, "threads": args.threads, "torch": torch.__version__,
               "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
               "official": official.info if official else None}
     print(json.dumps(header))
@@ -301,6 +314,12 @@ def main() -> None:
                   f"{e.get('of_gemm_peak', float('nan')):7.2f}  {agree}")
     print(f"GEMM peak here: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s "
           f"({args.threads} threads; {cpu}); FLOPs are mutr's (the official model does ~1% more)")
+    import resource
+
+    # whole-process peaks: each process holds its model, the clip and the activations of every size run
+    header["peak_rss_gib"] = {"mutr": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                              "official": round(official.peak_rss_gib, 2) if official else None}
+    print(f"peak RSS: mutr {header['peak_rss_gib']['mutr']} GiB, official {header['peak_rss_gib']['official']} GiB")
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=2) + "\n")
 

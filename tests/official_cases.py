@@ -59,13 +59,15 @@ def build_from_official(state: dict[str, torch.Tensor]) -> MUTR:
 
 
 def _no_dropout_train(model: MUTR) -> None:
-    """The harness's "train_nodropout": train mode, every dropout 0, text encoder in eval."""
+    """The harness's "train_nodropout": train mode, every dropout and drop path 0, text encoder in eval."""
     model.train()
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
         if isinstance(m, nn.MultiheadAttention):
             m.dropout = 0.0
+        if hasattr(m, "drop_prob"):  # stochastic depth of the transformer / ConvNeXt backbones
+            m.drop_prob = 0.0
     if model.text_encoder is not None:
         model.text_encoder.model.eval()
 
