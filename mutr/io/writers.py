@@ -280,6 +280,14 @@ class OverlayWriter(_AtomicOutput):
         except av.FFmpegError as e:
             raise MediaError(f"encoding the overlay failed at frame {frame.index} ({e}): check free disk space") from e
 
+    @property
+    def audio_damage(self):
+        """The damaged packets the transcoded sound track skipped (a :class:`~mutr.io.decode.Damage`),
+        or None when the overlay decodes no sound (none, or a stream copy)."""
+        if self._audio is None or self._audio.remux:
+            return None
+        return self._audio.damage
+
     def _finish(self) -> None:
         if self._t0 is None:
             raise MediaError(f"no frames were written to {self.path.name}: check the input and --start/--end")
