@@ -67,14 +67,15 @@ class Damage:
         parts = []
         if self.skipped:
             parts.append(f"skipped {self.skipped} damaged audio packet{'s' * (self.skipped != 1)} of {name} "
-                         f"({format_spans(self.spans)}; {self.skipped_seconds:.3f} s), as FFmpeg does: "
-                         f"they are silence (last error: {self.error})")
+                         f"({format_spans(self.spans)}; {self.skipped_seconds:.3f} s in all) as FFmpeg does; "
+                         f"they become silence of the same duration (decoder: {self.error})")
         if self.broken is not None:
             parts.append(f"the audio of {name} breaks off after {self.decoded_seconds:.2f} s ({self.broken})")
         text = "; ".join(parts)
         if self.mostly_missing:
-            text += "; more than half of the sound is missing, so a sound prompt from it is unreliable"
-        return text + "; re-encode or repair the file to hear the rest"
+            return text + "; more than half of the sound is missing, so a sound prompt from it is unreliable: " \
+                          "use --text, or an undamaged copy of the file"
+        return text + "; an undamaged copy of the file gives the full sound"
 
 
 def _r(t: float | None) -> float | None:
@@ -82,7 +83,7 @@ def _r(t: float | None) -> float | None:
 
 
 def format_spans(spans: list[tuple[float | None, float | None]], limit: int = 4) -> str:
-    """"0.00-0.06 s, 1.02-1.09 s" with runs of adjacent packets joined; the first ``limit`` runs."""
+    """"0.00 to 0.06 s, 1.02 to 1.09 s" with runs of adjacent packets joined; the first ``limit`` runs."""
     runs: list[list[float]] = []
     for a, b in spans:
         if a is None or b is None:
@@ -91,7 +92,7 @@ def format_spans(spans: list[tuple[float | None, float | None]], limit: int = 4)
             runs[-1][1] = max(runs[-1][1], b)
         else:
             runs.append([a, b])
-    text = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in runs[:limit])
+    text = ", ".join(f"{a:.2f} to {b:.2f} s" for a, b in runs[:limit])
     unknown = sum(a is None or b is None for a, b in spans)
     more = [f"{len(runs) - limit} more"] if len(runs) > limit else []
     more += [f"{unknown} without timestamps"] if unknown else []
@@ -111,12 +112,12 @@ def decode_packets(container, stream, damage: Damage) -> Iterator:
         except StopIteration:
             break
         except (av.FFmpegError, OSError) as e:
-            damage.broken = str(e)
+            damage.broken = getattr(e, "strerror", None) or str(e)
             break
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            damage.error = str(e)
+            damage.error = e.strerror or str(e)
             start = packet.pts if packet.pts is not None else packet.dts
             if start is None or tb is None:
                 damage.spans.append((None, None))
