@@ -99,3 +99,52 @@ def damage(clean: Path, kind: str, out: Path, seed: int = 0) -> Damaged:
         raise ValueError(kind)
     out.write_bytes(bytes(data))
     return Damaged(clean, out, kind, tuple(sorted(set(hit), key=lambda p: p.start)), tuple(packets))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What libavcodec yields with FFmpeg's default error handling (decode each packet, skip the
+    ones that fail, stop where the demuxer fails): plain PyAV, no mutr code."""
+
+    video_times: tuple[float, ...]  # decoded video frames, seconds on the container's clock
+    audio: tuple[tuple[float, float], ...]  # decoded audio frames: (start, seconds)
+    audio_skipped: int  # audio packets that failed to decode
+
+    def audio_seconds(self, lo: float = -np.inf, hi: float = np.inf) -> float:
+        """Time inside [lo, hi) that decoded audio covers (a frame decoded as garbage that
+        overlaps the next ones counts once)."""
+        covered, reach = 0.0, lo
+        for t, d in sorted(self.audio):
+            a, b = max(t, reach), min(t + d, hi)
+            if b > a:
+                covered += b - a
+                reach = b
+        return covered
+
+
+def libavcodec_decode(path: Path) -> Decoded | None:
+    """None when FFmpeg cannot open the file."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError:
+        return None
+    with container:
+        streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
+        video, audio, skipped = [], [], 0
+        try:
+            for packet in container.demux(streams):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    skipped += packet.stream.type == "audio"
+                    continue
+                for f in frames:
+                    if f.pts is None:
+                        continue
+                    if packet.stream.type == "video":
+                        video.append(float(f.pts * f.time_base))
+                    else:
+                        audio.append((float(f.pts * f.time_base), f.samples / f.sample_rate))
+        except av.FFmpegError:
+            pass
+    return Decoded(tuple(sorted(video)), tuple(audio), skipped)
