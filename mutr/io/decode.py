@@ -19,6 +19,10 @@ import numpy as np
 
 __all__ = ["Damage", "audio_frames", "decode_packets", "format_spans"]
 
+# Timestamps that jump further than this (or back) are a discontinuity, not lost packets: no
+# silence, no cut (a stream whose clock restarts or wraps must not become hours of silence).
+MAX_FILL_S = 30.0
+
 
 @dataclass
 class Damage:
@@ -157,20 +161,20 @@ def audio_frames(container, stream, damage: Damage) -> Iterator:
             if start is not None and origin is not None:
                 start = max(start, origin)  # the decoder drops what lies before the stream's start
             n = round((time - start) * rate) if new and time is not None and start is not None else None
-            if new and n is None:
+            if new and (n is None or n > MAX_FILL_S * rate):
                 n = _lengths(new, stream, rate, frame)
-            if n:
+            if n is not None and n > 0:
                 _fill_spans(damage, len(new), start, n / rate)
-                yield _silence(frame, n, start if start is not None else None, tb)
+                yield _silence(frame, n, start, tb)
         else:
             end = held_time + held.samples / held.sample_rate if held_time is not None else None
             if time is not None and held_time is not None:
                 n = round((time - held_time) * held.sample_rate)  # samples the held frame may span
-                if new or abs(n - held.samples) * 2 > held.samples:
+                jump = n - held.samples
+                if 0 < n and (new or abs(jump) * 2 > held.samples) and jump <= MAX_FILL_S * held.sample_rate:
                     if n < held.samples:
-                        held = _cut(held, max(n, 0))
-                    if held.samples:
-                        yield held
+                        held = _cut(held, n)
+                    yield held
                     if n > held.samples:
                         _fill_spans(damage, len(new), end, (n - held.samples) / rate)
                         yield _silence(held, n - held.samples, end, tb)
