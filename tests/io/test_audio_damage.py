@@ -139,3 +139,37 @@ def test_mostly_damaged_warns_and_nothing_decodable_is_the_one_line_error(clips)
     with pytest.raises(MediaError, match=r"^cannot decode the audio of nothing\.mp4 after 0\.00 s of decoding \(.*\); "
                                          r"re-encode it, e\.g\. ffmpeg -i IN -c:a flac OUT\.flac$"):
         AudioStream(nothing).read()
+
+
+@pytest.mark.parametrize("frame_size,expected_gap", [(1152, 1152), (0, 1024)])
+def test_without_timestamps_a_skipped_packet_lasts_the_codec_frame_size(frame_size, expected_gap):
+    """Packets and frames with no timestamps (and no duration): the gap is the codec's frame size,
+    else the length of the frame before it. Fake demuxer packets around real PyAV frames."""
+    import errno
+    from types import SimpleNamespace
+
+    import av
+
+    from mutr.io.decode import Damage, audio_frames
+
+    def frame(value):
+        f = av.AudioFrame.from_ndarray(np.full((1, 1024), value, np.float32), format="fltp", layout="mono")
+        f.sample_rate = 16000
+        return f
+
+    def packet(value):
+        def decode():
+            if value is None:
+                raise av.error.InvalidDataError(errno.EINVAL, "Invalid data found when processing input")
+            return [frame(value)]
+        return SimpleNamespace(pts=None, dts=None, duration=0, decode=decode)
+
+    packets = [packet(v) for v in (0.1, 0.2, None, 0.4)]
+    stream = SimpleNamespace(time_base=None, start_time=None, codec_context=SimpleNamespace(frame_size=frame_size))
+    damage = Damage()
+    out = np.concatenate([f.to_ndarray()[0] for f in audio_frames(SimpleNamespace(demux=lambda s: iter(packets)),
+                                                                   stream, damage)])
+    expected = np.concatenate([np.full(1024, 0.1), np.full(1024, 0.2), np.zeros(expected_gap), np.full(1024, 0.4)])
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    assert damage.skipped == 1 and damage.error == "Invalid data found when processing input"
+    assert damage.spans == [(None, None)]  # no time to report: the warning says "1 without timestamps"
