@@ -165,7 +165,7 @@ def _audio_damage(run: SegmentRun, overlay: OverlayWriter | None) -> dict:
         found[path] = overlay.audio_damage.merge(found.get(path))
     for path, damage in found.items():
         message = damage.audio_warning(Path(path).name)
-        if message:
+        if message and damage.decoded_seconds > 0:  # nothing decoded: the prompt fails, the overlay warns
             warnings.warn(message, stacklevel=3)
     return found
 

@@ -57,7 +57,7 @@ import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ from mutr.model.mutr import MIN_SIDE, MUTR, VisualFeatures
 from mutr.model.reference import ReferenceTokens
 from mutr.postprocess import (THRESHOLD, ClipPrediction, boxes_to_xywh, link_query, mask_agreement, predict_clip,
                               query_scores, upsample_logits)
+
+if TYPE_CHECKING:
+    from mutr.audio_windows import AudioWindows
 
 __all__ = ["DEFAULT_WINDOW", "ClipPrediction", "FrameResult", "Predictor", "SegmentRun", "demo_checkpoint_dir",
            "load_checkpoint", "predict_clip"]
@@ -119,7 +122,8 @@ class SegmentRun(Generator):
     damaged packets were skipped. Iterate it, or ``close()`` it to stop early.
     """
 
-    def __init__(self, gen: Generator, source: FrameSource, prompts: list[str], audio=None) -> None:
+    def __init__(self, gen: Generator, source: FrameSource, prompts: list[str],
+                 audio: AudioWindows | None = None) -> None:
         self._gen, self.source, self.prompts, self.audio = gen, source, prompts, audio
 
     @property

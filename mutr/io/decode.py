@@ -224,8 +224,8 @@ def _lengths(spans, stream, rate: int, like) -> int:
 
 def _fill_spans(damage: Damage, count: int, start: float | None, seconds: float) -> None:
     """Spread the last ``count`` spans over the silence's time when a packet lacked a timestamp."""
-    if start is None or all(a is not None and b is not None for a, b in damage.spans[-count:]):
-        return
+    if not count or start is None or all(a is not None and b is not None for a, b in damage.spans[-count:]):
+        return  # (count 0: a timestamp jump with no skipped packet; spans[-0:] would be all of them)
     damage.spans[-count:] = [(start + seconds * i / count, start + seconds * (i + 1) / count) for i in range(count)]
 
 

@@ -84,3 +84,29 @@ def test_damaged_media_succeed_with_a_warning_or_fail_in_one_line(corpus, tmp_pa
     assert counts["skipped_packets"] == ref.audio_skipped  # the packets libavcodec cannot decode
     warned = re.findall(r"skipped (\d+) damaged audio packets? of", result.stderr)
     assert warned == ([str(ref.audio_skipped)] if ref.audio_skipped else [])  # one warning, the same count
+
+
+def test_a_track_of_which_nothing_decodes(corpus, tmp_path):
+    """Every audio packet damaged, the video intact: the sound prompt is the one-line error, a
+    text prompt still works and its overlay (AC-3 is transcoded) has no sound, with one warning."""
+    from damaged_media import packets_of
+
+    d, joint, clean = corpus
+    data = bytearray(clean["avi-ac3"].read_bytes())
+    for p in packets_of(clean["avi-ac3"]):
+        if p.kind == "audio":
+            data[p.offset : p.offset + p.size] = bytes(p.size)
+    path = tmp_path / "mute.avi"
+    path.write_bytes(bytes(data))
+    sound = runner.invoke(app, ["segment", str(path), "--audio-from-video", "-c", str(joint), "-o", str(tmp_path / "a"),
+                                *FAST])
+    assert sound.exit_code == 1 and not (tmp_path / "a").exists()
+    assert re.fullmatch(r"error: cannot decode the audio of mute\.avi after 0\.00 s of decoding \(.+\); re-encode "
+                        r"it, e\.g\. ffmpeg -i IN -c:a flac OUT\.flac\n", sound.stderr), sound.stderr
+    text = runner.invoke(app, ["segment", str(path), "-t", "red", "-c", str(joint), "-o", str(tmp_path / "t"), *FAST])
+    assert text.exit_code == 0, text.output
+    assert [line for line in text.stderr.splitlines() if "mute.avi" in line] == [
+        next(line for line in text.stderr.splitlines() if line.startswith("warning: the overlay has no sound: no packet"))]
+    frames, seconds = _overlay(tmp_path / "t" / "overlay.mp4")
+    assert frames == 20 and seconds == 0
+    assert json.loads(text.stdout)["audio_damage"][str(path)]["skipped_packets"] > 0
