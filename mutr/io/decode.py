@@ -223,10 +223,16 @@ def _lengths(spans, stream, rate: int, like) -> int:
 
 
 def _fill_spans(damage: Damage, count: int, start: float | None, seconds: float) -> None:
-    """Spread the last ``count`` spans over the silence's time when a packet lacked a timestamp."""
-    if not count or start is None or all(a is not None and b is not None for a, b in damage.spans[-count:]):
-        return  # (count 0: a timestamp jump with no skipped packet; spans[-0:] would be all of them)
-    damage.spans[-count:] = [(start + seconds * i / count, start + seconds * (i + 1) / count) for i in range(count)]
+    """Make the last ``count`` spans cover the silence put in their place: spread them over it when
+    a packet lacked a timestamp, else stretch the last one to its end (a demuxer's parser may have
+    merged a damaged packet with the next, so one failure can cost two packets' time)."""
+    if not count or start is None:  # (count 0: a timestamp jump with no skipped packet)
+        return
+    spans = damage.spans[-count:]
+    if any(a is None or b is None for a, b in spans):
+        damage.spans[-count:] = [(start + seconds * i / count, start + seconds * (i + 1) / count) for i in range(count)]
+    elif start + seconds > spans[-1][1] + 1e-6:
+        damage.spans[-1] = (spans[-1][0], start + seconds)
 
 
 def _silence(like, samples: int, start: float | None, tb):
