@@ -19,6 +19,9 @@ has a prompt.
 
 Audio that starts after the first frame or ends before the last is padded with silence, with a
 warning; an all-silent track works (the prompt just carries no information) and warns at the end.
+Damaged packets are silence of their duration (:mod:`mutr.io.decode`); ``damage`` says which, and
+:meth:`finish` warns about them unless ``warn_damage`` is off (``write_outputs`` turns it off to
+give one warning for the prompt and the overlay together).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mutr.io.audio import AudioStream
+from mutr.io.decode import Damage
 from mutr.model.vggish import (EXAMPLE_HOP_SAMPLES, EXAMPLE_SAMPLES, NUM_BANDS, NUM_FRAMES, SAMPLE_RATE,
                                log_mel_spectrogram)
 
@@ -57,7 +61,8 @@ class AudioWindows:
     """
 
     def __init__(self, path: str | Path, offset: float | None = None) -> None:
-        self.stream = AudioStream(path, chunk_seconds=1.0)  # checks the file has an audio stream
+        self.stream = AudioStream(path, chunk_seconds=1.0, warn_damage=False)  # checks there is an audio stream
+        self.warn_damage = True
         self.offset = self.stream.start_time if offset is None else float(offset)
         self.label = self.stream.name
         self.grid_start: float | None = None  # frame time of grid time 0
@@ -88,8 +93,16 @@ class AudioWindows:
             self._buf, self._buf_start = self._buf[drop:], self._buf_start + drop
         return out
 
+    @property
+    def damage(self) -> Damage | None:
+        """The damaged packets skipped so far; None before any audio was read."""
+        return None if self._chunks is None else self.stream.damage
+
     def finish(self) -> None:
-        """Warn if every sample read was zero."""
+        """Warn about skipped damaged packets, and if every sample read was zero."""
+        message = self.damage.audio_warning(self.label) if self.damage is not None else None
+        if message and self.warn_damage:
+            warnings.warn(message, stacklevel=2)
         if self._chunks is not None and self._peak == 0.0:
             warnings.warn(f"the audio of {self.label} is silent (all samples are zero), so the audio prompt "
                           "carries no information; pass another --audio FILE or use --text", stacklevel=2)

@@ -16,6 +16,10 @@ true indices, while the overlay keeps every input frame, each showing the latest
 Each output is written under a temporary name and renamed into place when complete (see
 :mod:`mutr.io.writers`): an error or Ctrl-C leaves no file under a final name, and an existing
 output is replaced only with ``overwrite``.
+
+Damaged audio packets skipped by the sound prompt and by the overlay's sound track (the same
+packets when both read the video's own track) give one warning per file at the end, and the
+summary's ``audio_damage`` counts them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,8 +46,9 @@ OUTPUT_NAMES = {"overlay": "overlay.mp4", "png": "masks", "rle": "masks.rle.json
 @dataclass
 class WriteSummary:
     """What a run did: processed ``frames``, ``input_frames`` seen (the overlay's frame count when
-    written, else the processed count), wall ``seconds``, processed frames per second, and the
-    path of each output by format."""
+    written, else the processed count), wall ``seconds``, processed frames per second, the
+    path of each output by format, and per audio file decoded (the prompt's, the overlay's) the
+    damaged packets skipped (:meth:`mutr.io.decode.Damage.to_dict`)."""
 
     source: str
     prompts: list[str]
@@ -52,6 +58,7 @@ class WriteSummary:
     fps: float
     out_dir: str
     outputs: dict[str, str] = field(default_factory=dict)
+    audio_damage: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +104,9 @@ def write_outputs(run: SegmentRun, out_dir: str | os.PathLike, formats: Iterable
     created = not out.exists()
     info, prompts = run.info, run.prompts
     frames = shown = 0
+    overlay = None
+    if run.audio is not None:
+        run.audio.warn_damage = False  # one warning below for the prompt and the overlay together
     began = time.perf_counter()
     try:
         with contextlib.ExitStack() as stack:
@@ -139,9 +149,25 @@ def write_outputs(run: SegmentRun, out_dir: str | os.PathLike, formats: Iterable
                 out.rmdir()  # only if empty: never removes anything but the folder we made
         raise
     seconds = time.perf_counter() - began
+    damage = _audio_damage(run, overlay)
     return WriteSummary(str(info.path), list(prompts), frames, shown if overlay is not None else frames,
                         round(seconds, 3), round(frames / seconds, 3) if seconds > 0 else 0.0, str(out),
-                        {f: str(p) for f, p in paths.items()})
+                        {f: str(p) for f, p in paths.items()}, {name: d.to_dict() for name, d in damage.items()})
+
+
+def _audio_damage(run: SegmentRun, overlay: OverlayWriter | None) -> dict:
+    """Per audio file decoded: what was skipped, merged over the prompt and the overlay; warns once per file."""
+    found = {}
+    if run.audio is not None and run.audio.damage is not None:
+        found[str(run.audio.stream.path)] = run.audio.damage
+    if overlay is not None and overlay.audio_damage is not None:
+        path = str(run.info.path)
+        found[path] = overlay.audio_damage.merge(found.get(path))
+    for path, damage in found.items():
+        message = damage.audio_warning(Path(path).name)
+        if message and damage.decoded_seconds > 0:  # nothing decoded: the prompt fails, the overlay warns
+            warnings.warn(message, stacklevel=3)
+    return found
 
 
 def _frame(result: FrameResult):

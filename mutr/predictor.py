@@ -57,7 +57,7 @@ import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ from mutr.model.mutr import MIN_SIDE, MUTR, VisualFeatures
 from mutr.model.reference import ReferenceTokens
 from mutr.postprocess import (THRESHOLD, ClipPrediction, boxes_to_xywh, link_query, mask_agreement, predict_clip,
                               query_scores, upsample_logits)
+
+if TYPE_CHECKING:
+    from mutr.audio_windows import AudioWindows
 
 __all__ = ["DEFAULT_WINDOW", "ClipPrediction", "FrameResult", "Predictor", "SegmentRun", "demo_checkpoint_dir",
            "load_checkpoint", "predict_clip"]
@@ -114,11 +117,14 @@ class SegmentRun(Generator):
     """The generator ``Predictor.segment`` returns, with what a progress bar needs up front.
 
     ``total``: the estimated number of results (None if the container does not say); ``source``,
-    ``info`` and ``prompts`` describe the run. Iterate it, or ``close()`` it to stop early.
+    ``info`` and ``prompts`` describe the run; ``audio`` is the sound prompt's
+    :class:`~mutr.audio_windows.AudioWindows` (None without one), whose ``damage`` says which
+    damaged packets were skipped. Iterate it, or ``close()`` it to stop early.
     """
 
-    def __init__(self, gen: Generator, source: FrameSource, prompts: list[str]) -> None:
-        self._gen, self.source, self.prompts = gen, source, prompts
+    def __init__(self, gen: Generator, source: FrameSource, prompts: list[str],
+                 audio: AudioWindows | None = None) -> None:
+        self._gen, self.source, self.prompts, self.audio = gen, source, prompts, audio
 
     @property
     def info(self) -> VideoInfo:
@@ -233,7 +239,7 @@ class Predictor:
         with torch.inference_mode(), self._autocast():
             refs = [model.encode_reference(texts=[t]) for t in texts]
         gen = self._stream(source, refs, sound, window, overlap, size, input_max, return_probs)
-        return SegmentRun(gen, source, prompts)
+        return SegmentRun(gen, source, prompts, sound)
 
     @staticmethod
     def _audio_windows(source: FrameSource, audio: str | os.PathLike):

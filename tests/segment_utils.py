@@ -53,11 +53,12 @@ def shapes_frame(i: int, w: int, h: int) -> np.ndarray:
 
 def make_video(path: Path, *, n: int = 12, size: tuple[int, int] = (96, 64), rate: int = 25,
                codec: str = "libx264", pix_fmt: str = "yuv420p", audio: str | None = None,
-               audio_seconds: float | None = None, silent: bool = False, pts: list[int] | None = None,
+               audio_seconds: float | None = None, audio_rate: int | None = None, silent: bool = False, pts: list[int] | None = None,
                time_base: Fraction | None = None, fmt: str | None = None, rotation: int | None = None,
                frame: Callable[[int, int, int], np.ndarray] = shapes_frame) -> list[np.ndarray]:
-    """Write ``n`` frames ``frame(i, w, h)`` (+ an optional 440 Hz tone, ``audio_seconds`` long;
-    a display ``rotation`` tag) and return the RGB frames."""
+    """Write ``n`` frames ``frame(i, w, h)`` (+ an optional 440 Hz tone, ``audio_seconds`` long, at
+    ``audio_rate`` Hz, default 16 kHz or Opus's 48 kHz; a display ``rotation`` tag) and return the
+    RGB frames."""
     w, h = size
     frames = [frame(i, w, h) for i in range(n)]
     with av.open(str(path), "w", format=fmt) as c:
@@ -67,7 +68,8 @@ def make_video(path: Path, *, n: int = 12, size: tuple[int, int] = (96, 64), rat
             v.codec_context.time_base = v.time_base = time_base
         if rotation is not None:
             v.set_display_rotation(rotation)
-        a = c.add_stream(audio, rate=48000 if audio == "libopus" else 16000, layout="mono") if audio else None
+        rate_hz = audio_rate or (48000 if audio == "libopus" else 16000)
+        a = c.add_stream(audio, rate=rate_hz, layout="mono") if audio else None
         for i, img in enumerate(frames):
             f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts = pts[i] if pts is not None else i

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from mutr.errors import InputError, MediaError
+from mutr.io.decode import Damage, audio_frames
 from mutr.io.resample import KaiserResampler
 
 TARGET_SAMPLE_RATE = 16000  # what VGGish expects
@@ -64,11 +65,17 @@ class AudioStream:
     ``sample_rate=None`` keeps the source rate (mono mixing still applies). Each call to
     :meth:`chunks` opens its own decoder, so several spans can be read independently.
     ``decoded_samples`` counts source samples decoded so far (a cost measure).
+
+    Damaged packets are skipped as FFmpeg does and become silence of their duration
+    (:mod:`mutr.io.decode`); ``damage`` holds what the last read skipped, and that read warns
+    once at its end unless ``warn_damage=False`` (a caller that reports it itself).
     """
 
     def __init__(self, path: str | os.PathLike, *, sample_rate: int | None = TARGET_SAMPLE_RATE,
-                 chunk_seconds: float = 1.0) -> None:
+                 chunk_seconds: float = 1.0, warn_damage: bool = True) -> None:
         self.path = Path(path)
+        self.warn_damage = warn_damage
+        self.damage = Damage()
         self.name = self.path.name
         if chunk_seconds <= 0:
             raise InputError(f"chunk_seconds must be > 0, got {chunk_seconds}")
@@ -125,17 +132,21 @@ class AudioStream:
         if start is not None and end is not None and end < start:
             raise InputError(f"end ({end} s) is before start ({start} s); pass end >= start")
         peak, total = 0.0, 0
-        for chunk in self._decode(start, end):
+        self.damage = damage = Damage()
+        for chunk in self._decode(start, end, damage):
             peak = max(peak, float(np.abs(chunk.samples).max(initial=0.0)))
             total += len(chunk.samples)
             yield chunk
+        message = damage.audio_warning(self.name)
+        if self.warn_damage and message:
+            warnings.warn(message, stacklevel=2)
         if total and peak == 0.0:
             where = "" if start is None and end is None else \
                 f" from {start or 0:g} s to {'the end' if end is None else f'{end:g} s'}"
             warnings.warn(f"the audio of {self.name}{where} is silent (all samples are zero), so an audio "
                           "prompt carries no information; pass another --audio FILE or use --text", stacklevel=2)
 
-    def _decode(self, start: float | None, end: float | None) -> Iterator[AudioChunk]:
+    def _decode(self, start: float | None, end: float | None, damage: Damage) -> Iterator[AudioChunk]:
         container = self._open()
         try:
             if start is not None and start - _SEEK_MARGIN_S > self.start_time:
@@ -143,7 +154,7 @@ class AudioStream:
             resampler = KaiserResampler(self.source_sample_rate, self.sample_rate)
             span: _Span | None = None
             pending: list[np.ndarray] = []
-            for frame in self._frames(container):
+            for frame in self._frames(container, damage):
                 mono = _to_mono(frame)
                 if span is None:  # the first decoded sample anchors the output timeline ...
                     anchor = float(frame.time) if frame.time is not None else self.start_time
@@ -173,26 +184,21 @@ class AudioStream:
         offset = int(target / stream.time_base)
         try:  # some demuxers land after the target: check the first frame, then seek again
             container.seek(offset, stream=stream, backward=True)
-            frame = next(iter(self._frames(container)), None)
+            frame = next(iter(self._frames(container, Damage())), None)
             if frame is not None and (frame.time is None or frame.time <= target + _SEEK_MARGIN_S / 2):
                 container.seek(offset, stream=stream, backward=True)
                 return container
-        except av.error.FFmpegError:  # unseekable input
+        except (av.error.FFmpegError, MediaError):  # unseekable input, or nothing decodes after the target
             pass
         container.close()  # decode from the beginning instead
         return self._open()
 
-    def _frames(self, container) -> Iterator:
-        import av
-
-        stream = container.streams.audio[0]
-        try:
-            for packet in container.demux(stream):
-                yield from packet.decode()
-        except av.error.FFmpegError as e:
-            at = self.decoded_samples / self.source_sample_rate
-            raise MediaError(f"cannot decode the audio of {self.name} after {at:.2f} s of decoding ({e}); "
-                             "re-encode it, e.g. ffmpeg -i IN -c:a flac OUT.flac") from e
+    def _frames(self, container, damage: Damage) -> Iterator:
+        """Decoded frames, damaged packets as silence; an error only when nothing decodes."""
+        yield from audio_frames(container, container.streams.audio[0], damage)
+        if damage.decoded_seconds == 0 and (damage.skipped or damage.broken):
+            raise MediaError(f"cannot decode the audio of {self.name} after 0.00 s of decoding "
+                             f"({damage.error or damage.broken}); re-encode it, e.g. ffmpeg -i IN -c:a flac OUT.flac")
 
 
 class _Span:

@@ -4,6 +4,10 @@ AAC, MP3 and ALAC play from MP4 nearly everywhere, so they are copied packet by 
 codec is decoded and encoded as AAC. The first written video frame is time 0 and the audio is cut
 to the written span, so ``--start``/``--end`` stay in sync. Audio that cannot be used costs the
 overlay its sound (with a warning), never the run.
+
+A transcoded track is decoded like the prompt (:func:`mutr.io.decode.audio_frames`): damaged
+packets are skipped and become silence of their duration, and ``damage`` says what was skipped
+(the caller warns, once for the run). A copied track keeps its packets as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from fractions import Fraction
 import numpy as np
 
 from mutr.errors import MediaError
+from mutr.io.decode import Damage, audio_frames
 from mutr.io.video import VideoInfo
 
 REMUX_AUDIO_CODECS = frozenset({"aac", "mp3", "alac"})  # play from MP4 nearly everywhere
@@ -44,8 +49,8 @@ class AudioTrack:
     stays aligned with video frames written from ``t0`` on.
     """
 
-    def __init__(self, out, src, in_stream, out_stream, origin: float, remux: bool) -> None:
-        self._src, self._in, self._out, self._origin, self._remux = src, in_stream, out_stream, origin, remux
+    def __init__(self, out, src, in_stream, out_stream, origin: float, remux: bool, name: str = "the input") -> None:
+        self._src, self._in, self._out, self._origin, self.remux = src, in_stream, out_stream, origin, remux
         self._items: Iterator | None = None
         self._pending = None
         self._container = out
@@ -54,6 +59,8 @@ class AudioTrack:
         self._fifo = None
         self._failed = False
         self._end: float | None = None  # output time of the last video frame, once known
+        self.damage = Damage()
+        self.name = name
 
     @classmethod
     def open(cls, out, info: VideoInfo) -> AudioTrack | None:
@@ -77,7 +84,7 @@ class AudioTrack:
                 src.close()
             warnings.warn(f"the overlay will have no sound: cannot use the audio of {info.path.name} ({e})", stacklevel=3)
             return None
-        return cls(out, src, in_stream, out_stream, info.start_time, remux)
+        return cls(out, src, in_stream, out_stream, info.start_time, remux, info.path.name)
 
     def pump(self, t0: float, until: float) -> None:
         """Mux the audio that starts before ``until`` (seconds on the output timeline)."""
@@ -87,7 +94,7 @@ class AudioTrack:
 
         try:
             if self._items is None:
-                self._items = self._packets(t0) if self._remux else self._frames(t0)
+                self._items = self._packets(t0) if self.remux else self._frames(t0)
             while True:
                 if self._pending is None:
                     self._pending = next(self._items, None)
@@ -105,8 +112,11 @@ class AudioTrack:
     def finish(self, t0: float, until: float) -> None:
         self._end = until
         self.pump(t0, until)
-        if not self._remux and not self._failed:
+        if not self.remux and not self._failed:
             self._flush_encoder(final=True)
+            if self.damage.decoded_seconds == 0 and (self.damage.skipped or self.damage.broken):
+                warnings.warn(f"the overlay has no sound: no packet of the audio of {self.name} decodes "
+                              f"({self.damage.error or self.damage.broken})", stacklevel=3)
         self.close()
 
     def close(self) -> None:
@@ -116,7 +126,7 @@ class AudioTrack:
             pass
 
     def _mux(self, item) -> None:
-        if self._remux:
+        if self.remux:
             self._container.mux(item)
         else:
             self._encode(item)
@@ -140,10 +150,14 @@ class AudioTrack:
         """(start seconds, decoded audio frame trimmed to start at >= 0)."""
         import av
 
-        for frame in self._src.decode(self._in):
-            if frame.pts is None:
+        end = None
+        for frame in audio_frames(self._src, self._in, self.damage):
+            if frame.pts is not None:
+                start = float(frame.pts * frame.time_base) - self._origin - t0
+            elif end is not None:  # no timestamp: it continues the previous frame
+                start = end
+            else:
                 continue
-            start = float(frame.pts * frame.time_base) - self._origin - t0
             end = start + frame.samples / frame.sample_rate
             if end <= 0:
                 continue

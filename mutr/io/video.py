@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from mutr.errors import InputError, MediaError
+from mutr.io.decode import Damage, decode_packets
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -292,7 +293,7 @@ class FrameSource:
             if not error.message and info.duration is not None:
                 missing = info.duration - (last_time + 1.0 / info.fps)
                 if missing > max(0.5, 2.0 / info.fps):
-                    error.message = f"the stream ends {missing:.2f} s before the duration the file declares"
+                    error.extra = f"the stream ends {missing:.2f} s before the duration the file declares"
             if error.message:
                 warnings.warn(
                     f"{info.path.name}: {error.message}; read {index + 1} frames, the file looks damaged or "
@@ -337,40 +338,27 @@ class FrameSource:
 
 
 class _DecodeError:
-    message: str | None = None
+    """What a tolerant decode skipped, as the one line the video warning and error quote."""
+
+    def __init__(self) -> None:
+        self.damage = Damage()
+        self.extra: str | None = None
+
+    @property
+    def message(self) -> str | None:
+        d = self.damage
+        if d.broken is not None:
+            return f"the file is damaged after some frames ({d.broken})"
+        if d.skipped:
+            return f"{d.skipped} damaged packet(s) could not be decoded (last: {d.error})"
+        return self.extra
 
 
 def _decode_tolerant(container, stream) -> tuple[Iterator, _DecodeError]:
-    """Decode ``stream`` and stop quietly at the first broken part; report it in the box."""
-    import av
-
+    """Decode ``stream``, skipping packets that fail to decode and stopping quietly where the file
+    breaks (:func:`mutr.io.decode.decode_packets`); report it in the box."""
     box = _DecodeError()
-
-    def gen():
-        failed_packets = 0
-        demux = container.demux(stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except (av.FFmpegError, OSError) as e:
-                box.message = f"the file is damaged after some frames ({e})"
-                break
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as e:
-                failed_packets += 1
-                box.message = f"{failed_packets} damaged packet(s) could not be decoded (last: {e})"
-                continue
-            yield from frames
-        if box.message is not None and "damaged after" in box.message:
-            try:  # flush what the decoder still holds
-                yield from stream.codec_context.decode(None)
-            except av.FFmpegError:
-                pass
-
-    return gen(), box
+    return decode_packets(container, stream, box.damage), box
 
 
 def _probe_video(path: Path, max_size: int | None) -> VideoInfo:

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mutr.errors import InputError, MediaError, OutputExistsError
+from mutr.io.decode import Damage
 from mutr.io.overlay_audio import AudioTrack
 from mutr.io.video import Frame, VideoInfo
 
@@ -279,6 +280,14 @@ class OverlayWriter(_AtomicOutput):
                 self._audio.pump(self._t0, until=self._last_time)
         except av.FFmpegError as e:
             raise MediaError(f"encoding the overlay failed at frame {frame.index} ({e}): check free disk space") from e
+
+    @property
+    def audio_damage(self) -> Damage | None:
+        """The damaged packets the transcoded sound track skipped (a :class:`~mutr.io.decode.Damage`),
+        or None when the overlay decodes no sound (none, or a stream copy)."""
+        if self._audio is None or self._audio.remux:
+            return None
+        return self._audio.damage
 
     def _finish(self) -> None:
         if self._t0 is None:
