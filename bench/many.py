@@ -14,7 +14,8 @@ on a CPU and decoding is noise); there the model is fast and decoding and writin
                 consumes) against end-to-end frames/s, and the share of wall time the model waits
                 for input (``SegmentRun.times.input`` / wall), with decoding and writing inline
                 (before: ``prefetch=0, background=False``) and in background threads (after).
-2. processes -- the CLI on the folder: one process against ``torchrun --nproc_per_node 2``; wall
+2. processes -- the CLI on the folder: one process (PyTorch's default threads, and --threads 1)
+                against ``torchrun --nproc_per_node 2`` (torchrun sets OMP_NUM_THREADS=1); wall
                 time with start-up, and frames/s of the segmenting itself (frames over the busiest
                 process's summed per-video seconds, from summary.json).
 
@@ -90,19 +91,22 @@ def decoder(videos: Path, ck: Path, device: str, repeats: int, size: int) -> dic
     return {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rows.items()}
 
 
-def processes(videos: Path, ck: Path, device: str, repeats: int, work: Path, size: int) -> dict:
+def processes(videos: Path, ck: Path, device: str, repeats: int, work: Path, size: int, configs: list[str]) -> dict:
     exe = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     base = ["segment", str(videos), "-t", "the red square", "-c", str(ck), "--device", device, "--quiet",
             "--size", str(size)]
-    commands = {"1 process": [str(exe / "mutr")],
-                "2 processes (torchrun)": [str(exe / "torchrun"), "--nproc_per_node", "2", str(exe / "mutr")]}
+    mutr, torchrun = str(exe / "mutr"), str(exe / "torchrun")
+    known = {"1": ("1 process, PyTorch's threads", [mutr], []),
+             "1t1": ("1 process, --threads 1", [mutr], ["--threads", "1"]),
+             "2": ("2 processes (torchrun: 1 thread each)", [torchrun, "--nproc_per_node", "2", mutr], [])}
+    commands = {known[c][0]: (known[c][1], known[c][2]) for c in configs}
     rows: dict[str, list[dict]] = {name: [] for name in commands}
     for r in range(repeats):
-        for name, cmd in commands.items():
-            out = work / f"out-{r}-{len(cmd)}"
+        for k, (name, (cmd, extra)) in enumerate(commands.items()):
+            out = work / f"out-{r}-{k}"
             began = time.perf_counter()
-            proc = subprocess.run([*cmd, *base, "-o", str(out)], env=env, capture_output=True, text=True)
+            proc = subprocess.run([*cmd, *base, *extra, "-o", str(out)], env=env, capture_output=True, text=True)
             wall = time.perf_counter() - began
             if proc.returncode:
                 raise SystemExit(proc.stderr[-2000:])
@@ -128,6 +132,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=128, help="model input short side (mutr segment --size)")
+    parser.add_argument("--configs", default="1,1t1,2",
+                        help="processes section: 1 (one process, PyTorch's default threads), 1t1 (one process, "
+                        "--threads 1), 2 (torchrun --nproc_per_node 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -138,7 +145,8 @@ def main() -> None:
             report["decoder"] = decoder(videos, ck, args.device, args.repeats, args.size)
             print(json.dumps(report["decoder"], indent=1), flush=True)
         if args.only in (None, "processes"):
-            report["processes"] = processes(videos, ck, args.device, args.repeats, work, args.size)
+            report["processes"] = processes(videos, ck, args.device, args.repeats, work, args.size,
+                                             args.configs.split(","))
             print(json.dumps(report["processes"], indent=1), flush=True)
     print(json.dumps(report))
 

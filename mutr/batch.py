@@ -118,10 +118,13 @@ def _has_glob(text: str) -> bool:
 
 
 def _videos_in(folder: Path) -> list[Path]:
-    """The videos a folder stands for: its video files, or else its sub-folders of frames."""
+    """The videos a folder stands for: its video files, or else its sub-folders of frames; none
+    for a folder of frames (one video)."""
     from mutr.io.video import _natural_key
 
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
+        return []
     videos = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
     if not videos:
         videos = [p for p in entries if p.is_dir() and any(q.suffix.lower() in IMAGE_EXTENSIONS for q in p.iterdir())]

@@ -187,6 +187,7 @@ def test_balanced_shares_and_frame_counts(media):
 def test_bad_batch_inputs_are_one_line(media, tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"video": "a.mp4"}) + "\n{oops\n")
     (tmp_path / "keys.jsonl").write_text(json.dumps({"video": "a.mp4", "txt": "red"}) + "\n")
+    (tmp_path / "silent.jsonl").write_text(json.dumps({"video": str(media["clips"] / "v1.mp4")}) + "\n")
     (tmp_path / "other").mkdir()
     shutil.copy(media["clips"] / "v0.mp4", tmp_path / "other" / "v0.mp4")
     ck = ["-c", media["ck"]]
@@ -198,7 +199,7 @@ def test_bad_batch_inputs_are_one_line(media, tmp_path):
         "glob": ([str(tmp_path / "nothing" / "*.mp4"), "-t", "red", *ck], "matches no file"),
         "shard": ([media["clips"], "-t", "red", "--shard", "3/2", *ck], "--shard 3/2"),
         "shard syntax": ([media["clips"], "-t", "red", "--shard", "half", *ck], "is not I/N"),
-        "no prompt": (["--manifest", tmp_path / "keys.jsonl", *ck], "unknown key"),
+        "no prompt": (["--manifest", tmp_path / "silent.jsonl", *ck], "line 1: nothing to segment in v1.mp4"),
     }
     for name, (args, needle) in cases.items():
         res = segment(*args, "-o", tmp_path / "o")
@@ -222,3 +223,21 @@ def test_real_torchrun(media, tmp_path):
     assert one.exit_code == 0
     a, b = tree(tmp_path / "one"), tree(tmp_path / "two")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+def test_inputs_expand_folders_globs_and_frame_folders(media, tmp_path):
+    from PIL import Image
+
+    from mutr.batch import expand_inputs, is_batch
+
+    for name in ("b", "a10", "a2"):
+        (tmp_path / "frames" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32)).save(tmp_path / "frames" / name / f"{i}.png")
+    shots = tmp_path / "frames" / "a2"
+    assert [p.name for p, _ in expand_inputs([tmp_path / "frames"])] == ["a2", "a10", "b"]  # natural order
+    assert [p for p, _ in expand_inputs([shots])] == [shots] and not is_batch([shots])  # one folder of frames
+    assert not is_batch([media["clips"] / "v0.mp4"]) and not is_batch([tmp_path / "missing.mp4"])
+    assert is_batch([media["clips"]]) and is_batch([str(media["clips"] / "v*.mp4")])
+    globbed = expand_inputs([str(media["clips"] / "v[13].mp4"), media["clips"] / "v0.mp4"])
+    assert [p.name for p, _ in globbed] == ["v1.mp4", "v3.mp4", "v0.mp4"]  # in the order given
