@@ -267,6 +267,15 @@ def _is_finished(out: Path, formats: Sequence[str]) -> bool:
     return out.is_dir() and all((out / OUTPUT_NAMES[f]).exists() for f in formats)
 
 
+def _prompts_in(out: Path) -> list[str] | None:
+    """The text prompts a finished folder was made for (from masks/prompts.json), if it says."""
+    try:
+        mapping = json.loads((out / OUTPUT_NAMES["png"] / "prompts.json").read_text(encoding="utf-8"))
+        return [mapping[f"prompt-{k}"] for k in range(len(mapping))]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _clean_stale(out: Path) -> None:
     """Temporaries an earlier killed run left for this video (never a final name)."""
     if out.parent.is_dir():
@@ -295,7 +304,12 @@ def _segment_one(predictor, job: VideoJob, options: SegmentOptions, rank: int,
     _clean_stale(out)
     if out.exists() and not options.overwrite:
         if _is_finished(out, options.formats):
-            return VideoStatus(str(job.video), str(out), "skipped", rank=rank)
+            done_for = _prompts_in(out)
+            if done_for is None or job.audio is not None or done_for == list(job.texts):
+                return VideoStatus(str(job.video), str(out), "skipped", rank=rank)
+            return VideoStatus(str(job.video), str(out), "failed", rank=rank,
+                               error=f"{out} holds results for other prompts ({', '.join(done_for)}): pass "
+                                     "--overwrite to replace them, or choose another --out")
         return VideoStatus(str(job.video), str(out), "failed", rank=rank,
                            error=f"{out} exists but is not a finished output of --format {','.join(options.formats)}: "
                                  "pass --overwrite to replace it, or move it away")

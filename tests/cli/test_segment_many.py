@@ -82,6 +82,11 @@ def test_folder_of_videos_gives_a_folder_each_and_a_summary(media, tmp_path):
     report = json.loads(again.stdout)
     assert (report["done"], report["skipped"]) == (0, 6)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    # other prompts into the same folders: refused per video, never taken as done
+    other = segment(media["clips"], "-t", "blue circle", "-c", media["ck"], "-o", "out", "--json")
+    assert other.exit_code == 1
+    errors = [r["error"] for r in json.loads(other.stdout)["results"]]
+    assert all("holds results for other prompts (the red square)" in e for e in errors)
 
 
 def test_manifest_with_a_broken_video_finishes_the_others(media, tmp_path):
