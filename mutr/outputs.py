@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -96,14 +98,19 @@ def check_outputs(out_dir: str | os.PathLike, formats: Iterable[str], overwrite:
 
 
 def write_outputs(run: SegmentRun, out_dir: str | os.PathLike, formats: Iterable[str] = FORMATS, *,
-                  overwrite: bool = False, on_result: Callable[[FrameResult], None] | None = None) -> WriteSummary:
-    """Consume ``run`` and write the chosen formats into ``out_dir``; ``on_result`` sees each result."""
+                  overwrite: bool = False, on_result: Callable[[FrameResult], None] | None = None,
+                  background: bool = True) -> WriteSummary:
+    """Consume ``run`` and write the chosen formats into ``out_dir``; ``on_result`` sees each result.
+
+    With ``background`` the encoders (H.264, PNG, RLE) run in a second thread, a bounded queue
+    behind the model, so the model never waits for them (they release the GIL while encoding).
+    """
     formats = parse_formats(list(formats))
     paths = check_outputs(out_dir, formats, overwrite)
     out = Path(out_dir)
     created = not out.exists()
     info, prompts = run.info, run.prompts
-    frames = shown = 0
+    counts = {"frames": 0, "shown": 0}
     overlay = None
     if run.audio is not None:
         run.audio.warn_damage = False  # one warning below for the prompt and the overlay together
@@ -120,35 +127,46 @@ def write_outputs(run: SegmentRun, out_dir: str | os.PathLike, formats: Iterable
             stack.callback(run.close)
             # with a stride the overlay also needs the skipped frames: a second decoder, kept in step
             every = run.source.iter_frames(include_skipped=True) if overlay and run.source.stride > 1 else None
-            for result in run:
+
+            def write(result: FrameResult) -> None:
                 masks = list(result.masks)
                 if overlay is not None:
                     if every is None:
                         overlay.write(_frame(result), masks)
-                        shown += 1
+                        counts["shown"] += 1
                     else:
                         for frame in every:
                             overlay.write(frame, masks if frame.index == result.index else None)
-                            shown += 1
+                            counts["shown"] += 1
                             if frame.index >= result.index:
                                 break
                 if png is not None:
                     png.write(result.index, masks)
                 if rle is not None:
                     rle.write(result.index, result.time, masks, result.scores.tolist(), result.boxes.tolist())
-                frames += 1
+                counts["frames"] += 1
+
+            writer = stack.enter_context(_Behind(write)) if background else None
+            for result in run:
+                if writer is not None:
+                    writer.put(result)
+                else:
+                    write(result)
                 if on_result is not None:
                     on_result(result)
+            if writer is not None:
+                writer.finish()
             if every is not None:
                 for frame in every:  # skipped frames after the last processed one
                     overlay.write(frame)
-                    shown += 1
+                    counts["shown"] += 1
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if empty: never removes anything but the folder we made
         raise
     seconds = time.perf_counter() - began
+    frames, shown = counts["frames"], counts["shown"]
     damage = _audio_damage(run, overlay)
     return WriteSummary(str(info.path), list(prompts), frames, shown if overlay is not None else frames,
                         round(seconds, 3), round(frames / seconds, 3) if seconds > 0 else 0.0, str(out),
@@ -168,6 +186,64 @@ def _audio_damage(run: SegmentRun, overlay: OverlayWriter | None) -> dict:
         if message and damage.decoded_seconds > 0:  # nothing decoded: the prompt fails, the overlay warns
             warnings.warn(message, stacklevel=3)
     return found
+
+
+class _Behind:
+    """``write(item)`` for each ``put(item)``, in order, in a thread at most ``size`` items behind.
+    An error in the thread is raised by the next ``put``/``finish``; leaving the ``with`` block
+    early (an error, Ctrl-C) stops the thread before the writers are aborted."""
+
+    _END = object()
+
+    def __init__(self, write: Callable[[FrameResult], None], size: int = 16) -> None:
+        self._write, self._queue = write, queue.Queue(maxsize=size)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mutr-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return
+            try:
+                self._write(item)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the model's thread
+                self._error = e
+                return
+
+    def put(self, item) -> None:
+        while True:
+            self._raise()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        self.put(self._END)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._stop.set()
+            raise error
+        if not self._thread.is_alive() and self._stop.is_set():
+            raise RuntimeError("the output writer stopped")
+
+    def __enter__(self) -> "_Behind":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _frame(result: FrameResult):

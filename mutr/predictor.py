@@ -23,6 +23,10 @@ frames only (the shared frames' per-frame features are kept from the previous wi
 prompt is encoded once per run; a sound prompt once per window, from the audio under its frames
 (:mod:`mutr.audio_windows`).
 
+Frames are decoded, resized and normalised in a background thread (:class:`mutr.io.prefetch.Prefetch`,
+``prefetch`` frames ahead; PyAV, PIL and torch release the GIL), so the model waits for input only
+when decoding is slower than the model; ``SegmentRun.times`` says how long it waited.
+
 Linking windows
 ---------------
 Each window picks one query per prompt, like the official per-clip protocol. The first window
@@ -53,6 +57,7 @@ clip), returning probabilities.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +69,7 @@ import torch
 from torch import Tensor
 
 from mutr.errors import CheckpointError, ConfigError, InputError, MediaError
+from mutr.io.prefetch import Prefetch
 from mutr.io.transforms import INFERENCE_SIZE, resize_short_side, resized_size, to_model_input
 from mutr.io.video import FrameSource, VideoInfo, open_source
 from mutr.model.mutr import MIN_SIDE, MUTR, VisualFeatures
@@ -74,10 +80,11 @@ from mutr.postprocess import (THRESHOLD, ClipPrediction, boxes_to_xywh, link_que
 if TYPE_CHECKING:
     from mutr.audio_windows import AudioWindows
 
-__all__ = ["DEFAULT_WINDOW", "ClipPrediction", "FrameResult", "Predictor", "SegmentRun", "demo_checkpoint_dir",
-           "load_checkpoint", "predict_clip"]
+__all__ = ["DEFAULT_PREFETCH", "DEFAULT_WINDOW", "ClipPrediction", "FrameResult", "Predictor", "RunTimes",
+           "SegmentRun", "demo_checkpoint_dir", "load_checkpoint", "predict_clip"]
 
 DEFAULT_WINDOW = 16
+DEFAULT_PREFETCH = 8  # decoded frames kept ready ahead of the model (memory: 8 frames + their inputs)
 MAX_INPUT_LONG_SIDE = 2048  # model input cap, reached only by frames wider than ~4.7:1 at size 432
 DEMO_ENV = "MUTR_DEMO_CHECKPOINT"
 FROM_VIDEO = "from-video"
@@ -113,18 +120,30 @@ class FrameResult:
         return out
 
 
+@dataclass
+class RunTimes:
+    """Where a run's time went, in seconds: ``input`` waiting for decoded, resized frames (with
+    the background decoder: only the time the model found its queue empty), ``model`` in the
+    model and post-processing. The consumer's own time (writing outputs) is in neither."""
+
+    input: float = 0.0
+    model: float = 0.0
+
+
 class SegmentRun(Generator):
     """The generator ``Predictor.segment`` returns, with what a progress bar needs up front.
 
     ``total``: the estimated number of results (None if the container does not say); ``source``,
     ``info`` and ``prompts`` describe the run; ``audio`` is the sound prompt's
     :class:`~mutr.audio_windows.AudioWindows` (None without one), whose ``damage`` says which
-    damaged packets were skipped. Iterate it, or ``close()`` it to stop early.
+    damaged packets were skipped; ``times`` (:class:`RunTimes`) fills as it runs. Iterate it, or
+    ``close()`` it to stop early.
     """
 
     def __init__(self, gen: Generator, source: FrameSource, prompts: list[str],
-                 audio: AudioWindows | None = None) -> None:
+                 audio: AudioWindows | None = None, times: RunTimes | None = None) -> None:
         self._gen, self.source, self.prompts, self.audio = gen, source, prompts, audio
+        self.times = times if times is not None else RunTimes()
 
     @property
     def info(self) -> VideoInfo:
@@ -201,6 +220,7 @@ class Predictor:
         size: int = INFERENCE_SIZE,
         max_size: int | None = None,
         return_probs: bool = False,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> SegmentRun:
         """Segment each text prompt (and the sound prompt) in ``source``; yields :class:`FrameResult`.
 
@@ -209,7 +229,8 @@ class Predictor:
         is the prompt, or ``"from-video"`` for the video's own track. ``start``/``end`` seconds,
         ``stride`` every k-th frame, ``max_size`` downscales frames whose long side exceeds it
         (outputs then have that size); ``size`` is the model input's short side. Inputs are
-        checked here, before the first frame is decoded; frames are decoded as results are drawn.
+        checked here, before the first frame is decoded; frames are decoded as results are drawn,
+        in a background thread up to ``prefetch`` frames ahead of the model (0: in this thread).
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts and audio is None:
@@ -238,8 +259,11 @@ class Predictor:
         input_max = _input_max_size(source.info, size)
         with torch.inference_mode(), self._autocast():
             refs = [model.encode_reference(texts=[t]) for t in texts]
-        gen = self._stream(source, refs, sound, window, overlap, size, input_max, return_probs)
-        return SegmentRun(gen, source, prompts, sound)
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise InputError(f"prefetch must be a whole number of frames >= 0, got {prefetch!r}")
+        times = RunTimes()
+        gen = self._stream(source, refs, sound, window, overlap, size, input_max, return_probs, prefetch, times)
+        return SegmentRun(gen, source, prompts, sound, times)
 
     @staticmethod
     def _audio_windows(source: FrameSource, audio: str | os.PathLike):
@@ -254,24 +278,41 @@ class Predictor:
         return AudioWindows(audio), f"audio: {Path(audio).name}"  # the file's start = the first frame
 
     def _stream(self, source: FrameSource, refs: list[ReferenceTokens], sound, window: int, overlap: int,
-                size: int, input_max: int | None, return_probs: bool) -> Iterator[FrameResult]:
+                size: int, input_max: int | None, return_probs: bool, prefetch: int,
+                times: RunTimes) -> Iterator[FrameResult]:
         carry: _Carry | None = None
         pending: list = []
         count = 0
         frame_time = source.stride / source.info.fps  # what one processed frame stands for
-        for frame in source.iter_frames():
-            image = resize_short_side(frame.image, size, input_max)
-            pending.append((frame, to_model_input([image])[0]))
-            if len(pending) + (len(carry.frames) if carry else 0) >= window:
+        inputs = _model_inputs(source, size, input_max)
+        if prefetch:
+            inputs = Prefetch(inputs, prefetch)
+        clock = time.perf_counter
+        try:
+            while True:
+                began = clock()
+                item = next(inputs, None)
+                times.input += clock() - began
+                if item is None:
+                    break
+                pending.append(item)
+                if len(pending) + (len(carry.frames) if carry else 0) >= window:
+                    began = clock()
+                    results, carry = self._window(pending, carry, refs, sound, frame_time, overlap, return_probs,
+                                                  count)
+                    times.model += clock() - began
+                    pending = []
+                    count += 1
+                    yield from results
+            if pending:
+                began = clock()
                 results, carry = self._window(pending, carry, refs, sound, frame_time, overlap, return_probs, count)
-                pending = []
-                count += 1
+                times.model += clock() - began
                 yield from results
-        if pending:
-            results, carry = self._window(pending, carry, refs, sound, frame_time, overlap, return_probs, count)
-            yield from results
-        if sound is not None:
-            sound.finish()
+            if sound is not None:
+                sound.finish()
+        finally:
+            inputs.close()
 
     def _window(self, pending: list, carry: _Carry | None, refs: list[ReferenceTokens], sound, frame_time: float,
                 overlap: int, return_probs: bool, number: int) -> tuple[list[FrameResult], _Carry | None]:
@@ -315,6 +356,13 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------- helpers
+def _model_inputs(source: FrameSource, size: int, input_max: int | None) -> Generator[tuple, None, None]:
+    """(frame, model input [3, h, w]) per selected frame: decode, resize, normalise."""
+    for frame in source.iter_frames():
+        image = resize_short_side(frame.image, size, input_max)
+        yield frame, to_model_input([image])[0]
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> CUDA when available, else CPU; refuses CUDA on a machine without it."""
     name = str(device)

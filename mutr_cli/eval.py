@@ -63,6 +63,10 @@ AvsFormatOpt = Annotated[AvsFormat, typer.Option(
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, metavar="N", show_default=False,
                                                 help="CPU threads for PyTorch \\[default: PyTorch's choice].")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start over, replacing earlier outputs in --out.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="I/N", show_default=False,
+    help="Predict share I of N (0-based) of the videos, balanced by frames x references, for job arrays; "
+    "then score them all with --predictions OUT. Under torchrun each rank takes a share and rank 0 scores.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")]
 
@@ -103,18 +107,26 @@ def eval_(
     avs_format: AvsFormatOpt = AvsFormat.npy,
     threads: Threads = None,
     overwrite: Overwrite = False,
+    shard: ShardOpt = None,
     json_: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Evaluate a checkpoint on a benchmark in its official protocol (or score --predictions)."""
+    """Evaluate a checkpoint on a benchmark in its official protocol (or score --predictions);
+    also under torchrun: `torchrun --nproc_per_node N "$(which mutr)" eval ...`."""
     if (checkpoint is None) == (predictions is None):
         raise typer.BadParameter("give --checkpoint NAME_OR_PATH to run a model, or --predictions DIR to score "
                                  "results on disk (one of them)", param_hint="--checkpoint")
     import torch
 
+    from mutr import distributed
     from mutr.evaluate import evaluate, open_benchmark
     from mutr.metrics.avsbench import DEFAULT_BATCH_SIZE
+
+    part = distributed.parse_shard(shard)
+    if predictions is not None and shard is not None:
+        raise typer.BadParameter("--shard splits a model run; --predictions scores a whole folder (drop --shard)",
+                                 param_hint="--shard")
 
     with _warnings_as_lines():
         if metric_batch_size is not None and not dataset.value.startswith("avsbench"):
@@ -127,6 +139,8 @@ def eval_(
             from mutr.predictor import resolve_device
 
             resolve_device(device.value)  # before the checkpoint loads
+        world = distributed.init(device.value if predictions is None else "cpu", part)
+        quiet = quiet or not world.is_main  # rank 0 speaks for every process
 
         def load():
             from mutr.predictor import load_checkpoint
@@ -149,7 +163,7 @@ def eval_(
                                   predictions=predictions, checkpoint=checkpoint,
                                   metric_batch_size=metric_batch_size or DEFAULT_BATCH_SIZE, device=device.value,
                                   precision=precision.value, size=size, avs_format=avs_format.value,
-                                  overwrite=overwrite, progress=on_progress)
+                                  overwrite=overwrite, progress=on_progress, world=world)
             except KeyboardInterrupt:
                 if debug_enabled(debug) or predictions is not None:
                     raise
@@ -157,11 +171,28 @@ def eval_(
                 stderr.print(f"interrupted: finished videos are kept in {out_dir / 'predictions'}; run the same "
                              "command again to resume", highlight=False, soft_wrap=True)
                 raise typer.Exit(130) from None
+            finally:
+                distributed.close(world)
+    if not world.is_main:
+        return
+    if "shard" in result.info and part.count > 1:
+        _print_shard(result, part, dataset.value, data_root, out_dir, json_, quiet)
+        return
     if json_:
         report = {k: v for k, v in result.to_dict().items() if k != "videos"}  # rows: per_video.csv
         stdout.print_json(json.dumps(_nan_to_none(report)))
     elif not quiet:
         _print(result)
+
+
+def _print_shard(result, part, dataset: str, data_root: Path, out_dir: Path, json_: bool, quiet: bool) -> None:
+    merge = (f"mutr eval --dataset {dataset} --data-root {data_root} --predictions {out_dir} --out {out_dir}")
+    if json_:
+        stdout.print_json(json.dumps({k: v for k, v in result.to_dict().items() if k != "videos"} | {"merge": merge}))
+    elif not quiet:
+        stdout.print(f"shard {part}: predicted {result.predicted} units, {result.skipped} found on disk, "
+                     f"{result.seconds:.1f} s. When every shard is done, score them all with:", highlight=False)
+        stdout.print(f"  {merge}", highlight=False, soft_wrap=True)
 
 
 def _nan_to_none(x):

@@ -1,7 +1,8 @@
-"""`mutr segment SOURCE`: segment what a text or a sound refers to; write an overlay, PNG masks, RLE.
+"""`mutr segment SOURCE...`: segment what a text or a sound refers to; write an overlay, PNG masks, RLE.
 
 The work is `mutr.Predictor.segment` (streamed windows) and `mutr.outputs.write_outputs` (the
-output folder); this module parses options, reports progress on stderr and prints the summary.
+output folder); several videos (and torchrun ranks, --shard) are `mutr.batch` and
+`mutr.distributed`. This module parses options, reports progress on stderr and prints summaries.
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ def _check_formats(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
-Source = Annotated[Path, typer.Argument(metavar="SOURCE", show_default=False,
-                                        help="A video file, a folder of frames, or one image.")]
+Sources = Annotated[Optional[list[str]], typer.Argument(
+    metavar="SOURCE...", show_default=False,
+    help="Video files, folders of frames, images, folders of videos or quoted globs ('clips/*.mp4'); "
+    "one video keeps the single-output layout, several get a folder each under --out.")]
+Manifest = Annotated[Optional[Path], typer.Option(
+    "--manifest", metavar="FILE", show_default=False,
+    help='JSON Lines, one video per line: {"video": PATH, "text": [...], "audio": "from-video" or PATH, '
+    '"out": NAME}; missing keys take the options given here.')]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="I/N", show_default=False,
+    help="Take share I of N (0-based) of the videos, balanced by frame count: for job arrays "
+    "(e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT). Under torchrun each rank takes a share.")]
 Text = Annotated[Optional[list[str]], typer.Option(
     "--text", "-t", metavar="TEXT", show_default=False,
     help="What to segment, in words; repeat for several objects (one backbone pass serves all).")]
@@ -44,8 +55,9 @@ Checkpoint = Annotated[Optional[str], typer.Option(
     help="A checkpoint folder or a downloaded registry name (see `mutr download --list`); "
     "default: the bundled tiny demo model.")]
 Out = Annotated[Optional[Path], typer.Option(
-    "--out", "-o", metavar="DIR", show_default="./<SOURCE name>_mutr",
-    help="Output folder for overlay.mp4, masks/ and masks.rle.json.")]
+    "--out", "-o", metavar="DIR", show_default="./<SOURCE name>_mutr; several videos: ./mutr_out",
+    help="Output folder for overlay.mp4, masks/ and masks.rle.json; with several videos, the folder "
+    "holding one such folder per video and summary.json.")]
 Formats = Annotated[str, typer.Option("--format", "-f", metavar="LIST", callback=_check_formats,
                                       help="Outputs to write, comma-separated: overlay, png, rle.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, show_default="PyTorch's choice",
@@ -67,6 +79,12 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs th
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q",
                                      help="No progress bar and no summary text (warnings and errors still show).")]
+
+
+def _under_torchrun() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 @contextlib.contextmanager
@@ -91,7 +109,7 @@ def _warnings_as_lines():
 @app.command("segment")
 @handle_errors
 def segment(
-    source: Source,
+    sources: Sources = None,
     text: Text = None,
     audio: Audio = None,
     audio_from_video: AudioFromVideo = False,
@@ -108,16 +126,32 @@ def segment(
     size: Size = 432,  # mutr.io.transforms.INFERENCE_SIZE (not imported: keeps `mutr --help` fast)
     window: Window = 16,  # mutr.predictor.DEFAULT_WINDOW
     overwrite: Overwrite = False,
+    manifest: Manifest = None,
+    shard: ShardOpt = None,
     json_: Json = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Segment the object a text (--text) or a sound (--audio, --audio-from-video) refers to."""
+    """Segment the object a text (--text) or a sound (--audio, --audio-from-video) refers to,
+    in one video or many (also under torchrun: `torchrun --nproc_per_node N "$(which mutr)" segment ...`)."""
     if audio is not None and audio_from_video:
         raise typer.BadParameter("give --audio FILE or --audio-from-video, not both", param_hint="--audio")
-    if not text and audio is None and not audio_from_video:
+    if not sources and manifest is None:
+        raise typer.BadParameter("give a video (SOURCE...) or --manifest FILE", param_hint="SOURCE")
+    if not text and audio is None and not audio_from_video and manifest is None:
         raise typer.BadParameter("say what to segment: --text \"the red car\", --audio FILE or --audio-from-video",
                                  param_hint="--text")
+    from mutr.batch import is_batch
+
+    if manifest is not None or shard is not None or _under_torchrun() or is_batch(sources or []):
+        from mutr_cli._segment_many import segment_many
+
+        return segment_many(sources or [], manifest=manifest, text=text, audio=audio,
+                            audio_from_video=audio_from_video, checkpoint=checkpoint, out=out, formats=formats,
+                            device=device.value, precision=precision.value, threads=threads, start=start, end=end,
+                            stride=stride, max_size=max_size, size=size, window=window, overwrite=overwrite,
+                            shard=shard, json_=json_, quiet=quiet, debug=debug)
+    source = Path(sources[0])
     from mutr.errors import InputError
     from mutr.io.video import open_source
     from mutr.outputs import check_outputs, default_out_dir, write_outputs

@@ -6,6 +6,7 @@ in about a second on two CPU cores.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -99,11 +100,46 @@ def test_results_arrive_before_the_video_is_decoded(tiny, files):
             yield frame
 
     source.iter_frames = counting
-    run = tiny.segment(source, texts=["the red square"], size=SIZE, window=4, overlap=1)
+    run = tiny.segment(source, texts=["the red square"], size=SIZE, window=4, overlap=1, prefetch=0)
     assert decoded == []  # nothing decoded before the first result is asked for
     first = next(run)
     assert first.index == 0 and len(decoded) == 4  # exactly one window was read
     run.close()
+
+    # the background decoder runs at most `prefetch` frames (+ the one it is handing over) ahead
+    decoded.clear()
+    run = tiny.segment(source, texts=["the red square"], size=SIZE, window=4, overlap=1, prefetch=2)
+    first = next(run)
+    time.sleep(0.3)  # let the decoder fill its queue
+    assert first.index == 0 and 4 + 2 <= len(decoded) <= 4 + 2 + 1 < 12
+    rest = [r.index for r in run]
+    assert rest == list(range(1, 12)) and decoded == list(range(12))
+    assert run.times.input > 0 and run.times.model > 0
+
+
+def test_background_decoding_gives_the_same_results(tiny, files):
+    inline = list(tiny.segment(files["mp4"], texts=["the red square"], size=SIZE, window=4, prefetch=0))
+    background = list(tiny.segment(files["mp4"], texts=["the red square"], size=SIZE, window=4, prefetch=3))
+    assert [r.index for r in inline] == [r.index for r in background] == list(range(12))
+    for a, b in zip(inline, background):
+        assert np.array_equal(a.masks, b.masks) and np.array_equal(a.boxes, b.boxes)
+
+
+def test_background_decoder_errors_reach_the_caller_and_close_stops_it(files):
+    from mutr.io.prefetch import Prefetch
+
+    def broken():
+        yield 1
+        raise MediaError("frame 2 is damaged")
+
+    items = Prefetch(broken(), size=1)
+    assert next(items) == 1
+    with pytest.raises(MediaError, match="frame 2 is damaged"):
+        next(items)
+    endless = Prefetch(iter(range(10**9)), size=2)
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert not endless._thread.is_alive() and list(endless) == []
 
 
 def test_one_backbone_pass_per_window_serves_every_prompt(tiny, files):

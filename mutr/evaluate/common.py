@@ -77,6 +77,11 @@ class Benchmark(ABC):
     def units(self, predictions: Path) -> list[Unit]:
         """Every unit of a complete predictions folder, grouped by video in dataset order."""
 
+    def video_cost(self, video: int) -> int:
+        """A video's share of the work, to balance processes: frames x (1 + references), since the
+        backbone runs once per frame and the decoder once per frame and reference."""
+        return 1
+
     @abstractmethod
     def predict(self, runner, video: int, units: list[Unit]) -> None:
         """Run the model on one video and write ``units`` (its missing ones), each atomically."""

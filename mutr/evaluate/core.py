@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import mutr
+from mutr.distributed import World, balanced_shares, run_on_main
 from mutr.errors import InputError
 from mutr.evaluate.avsbench import FORMATS, AVSBenchBenchmark
 from mutr.evaluate.common import Benchmark, EvalProgress, ProgressFn, no_progress
 from mutr.evaluate.davis import DavisBenchmark
 from mutr.evaluate.store import (METRICS_FILE, PER_OBJECT, PER_VIDEO, PLOT, PREDICTIONS, SUBMISSION,
-                                 clean_stale, fingerprint, prepare_out, refuse_finished)
+                                 clean_stale, clean_stale_units, fingerprint, prepare_out, refuse_finished)
 from mutr.evaluate.report import write_csv, write_json, write_plot
 from mutr.evaluate.ytvos import YTVOSBenchmark
 from mutr.io.transforms import INFERENCE_SIZE
@@ -93,6 +94,7 @@ def evaluate(
     checkpoint: str | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    world: World | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` (a MUTR, or a function returning one, called only if something is left
     to predict) on ``dataset`` in its official protocol, or score ``predictions`` already on disk.
@@ -100,7 +102,14 @@ def evaluate(
     A model run writes its predictions under ``out/predictions`` one video at a time and resumes
     an interrupted run of the same model and settings. Reports go to ``out`` (see
     :mod:`mutr.evaluate.store`). ``progress`` receives :class:`EvalProgress` events.
+
+    ``world`` (:func:`mutr.distributed.init`) shares the videos between torchrun processes and
+    job-array shards, balanced by :meth:`Benchmark.video_cost`: each process predicts its share,
+    then rank 0 scores the whole predictions folder, so the metrics are those of one process. A
+    ``--shard I/N`` job only predicts (``metrics`` stays empty); score the finished folder with
+    ``predictions=out``.
     """
+    world = world or World()
     started = time.perf_counter()
     progress = progress or no_progress
     if (model is None) == (predictions is None):
@@ -120,12 +129,19 @@ def evaluate(
     predicted = skipped = calls = 0
     if predictions is not None:
         pred_dir = bench.resolve_predictions(Path(predictions).expanduser())
+        if not world.is_main:  # scoring is one process's work
+            return EvalResult(bench.dataset, bench.split, bench.protocol, {}, {}, [], len(bench.video_names),
+                              str(pred_dir), str(out), {}, info=info)
         if not pred_dir.is_dir():
             raise InputError(f"--predictions {pred_dir} does not exist: pass the folder holding {bench.layout_hint}")
         bench.check_complete(pred_dir)
         prepare_out(out, None, overwrite=overwrite)
     else:
         pred_dir = out / PREDICTIONS
+        sharded = world.shard.count > 1
+        if sharded and overwrite:
+            raise InputError("--overwrite with --shard would delete the other shards' predictions: remove --out "
+                             "once before starting the shards instead")
         refuse_finished(out, overwrite)  # before a slow checkpoint load
         model_obj = model() if callable(model) and not hasattr(model, "decode") else model
         _check_modality(bench, model_obj, checkpoint)
@@ -133,10 +149,27 @@ def evaluate(
                "weights": fingerprint(model_obj), "size": size, "precision": precision}
         if isinstance(bench, AVSBenchBenchmark):
             run["avs_format"] = avs_format
-        info["resumed"] = prepare_out(out, run, overwrite=overwrite)
-        clean_stale(pred_dir)
-        predicted, skipped, calls, used = _predict(bench, model_obj, pred_dir, device, precision, size, progress)
-        info.update(device=used, precision=precision, size=size)
+
+        def set_up() -> bool:
+            resumed = prepare_out(out, run, overwrite=overwrite)
+            if not sharded:  # other shards may be writing now: each cleans only its own units below
+                clean_stale(pred_dir)
+            return resumed
+
+        info["resumed"] = run_on_main(world, set_up)  # rank 0 writes run.json; the others wait
+        counts = _predict(bench, model_obj, pred_dir, device, precision, size, progress, world)
+        gathered = world.all_gather(counts)  # also the barrier: every share is on disk after it
+        predicted, skipped, calls = (sum(c[k] for c in gathered) for k in range(3))
+        info.update(device=counts[3], precision=precision, size=size)
+        if world.distributed:
+            info.update(processes=world.size, devices=[c[3] for c in gathered])
+        if sharded or not world.is_main:
+            info["shard"] = str(world.shard)
+            return EvalResult(
+                dataset=bench.dataset, split=bench.split, protocol=bench.protocol, metrics={}, annotator_sets={},
+                videos=[], num_videos=len(bench.video_names), predictions=str(pred_dir), out=str(out), files={},
+                predicted=predicted, skipped=skipped, model_calls=calls, seconds=time.perf_counter() - started,
+                info=info)
     scores = bench.score(pred_dir, metric_batch_size, progress)
     files: dict[str, str] = {}
     if scores.videos:
@@ -174,14 +207,23 @@ def _check_modality(bench: Benchmark, model: Any, checkpoint: str | None) -> Non
 
 
 def _predict(bench: Benchmark, model: Any, pred_dir: Path, device: str, precision: str, size: int,
-             progress: Callable[[EvalProgress], None]) -> tuple[int, int, int, str]:
-    """Run the model on every video with a unit missing: (units run, units found, calls, device)."""
+             progress: Callable[[EvalProgress], None], world: World) -> tuple[int, int, int, str]:
+    """Run the model on every video of this process's share with a unit missing: (units run,
+    units found, calls, device)."""
     from mutr.evaluate.runner import ClipRunner
 
     units = bench.units(pred_dir)
     by_video: dict[int, list] = {}
     for u in units:
         by_video.setdefault(u.video, []).append(u)
+    if world.shares > 1:
+        videos = list(by_video)
+        mine = balanced_shares([bench.video_cost(v) for v in videos], world.shares)[world.share]
+        by_video = {videos[i]: by_video[videos[i]] for i in mine}
+        for group in by_video.values():
+            clean_stale_units(group)
+    if world.distributed and device in ("auto", "cuda"):
+        device = str(world.device)  # cuda:LOCAL_RANK under torchrun
     runner = ClipRunner(model, device=device, precision=precision, size=size)
     names = bench.video_names
     predicted = skipped = 0

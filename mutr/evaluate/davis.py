@@ -88,6 +88,10 @@ class DavisBenchmark(Benchmark):
         return [Unit(i, f"{s}/{v.video_id}", predictions / s / v.video_id)
                 for i, v in enumerate(self.data) for s in ANNOTATOR_SETS]
 
+    def video_cost(self, video: int) -> int:
+        v = self.data[video]
+        return len(v.frame_names) * (1 + sum(len(v.expressions_of_set(a)) for a in range(len(ANNOTATOR_SETS))))
+
     def predict(self, runner, video: int, units: list[Unit]) -> None:
         v = self.data[video]
         sets = {ANNOTATOR_SETS.index(u.name.split("/")[0]): u for u in units}

@@ -99,6 +99,15 @@ def clean_stale(root: Path) -> None:
             remove(p)
 
 
+def clean_stale_units(units) -> None:
+    """Remove the temporaries a killed run left for these units only (other processes may be
+    staging theirs beside them)."""
+    for unit in units:
+        if unit.path.parent.is_dir():
+            for p in unit.path.parent.glob(f"{_TMP}{unit.path.name}.*"):
+                remove(p)
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """A short digest of the weights (names, shapes, sums; robust to the device they sit on)."""
     h = hashlib.sha256()

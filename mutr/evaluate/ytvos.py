@@ -69,6 +69,10 @@ class YTVOSBenchmark(Benchmark):
             if not path.is_file():
                 raise InputError(f"missing {path}: --predictions must hold {self.layout_hint} for every listed frame")
 
+    def video_cost(self, video: int) -> int:
+        v = self.data[video]
+        return len(v.frame_names) * (1 + len(v.expressions))
+
     def predict(self, runner, video: int, units: list[Unit]) -> None:
         v = self.data[video]
         (unit,) = units

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import platform
 import random
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mutr import distributed
 from mutr.errors import CheckpointError, ConfigError, MutrError, OutputExistsError
 from mutr.train import checkpoint as ckpt
 from mutr.train.config import TrainConfig, resolve_model_config
@@ -407,27 +407,9 @@ def train(config: TrainConfig, **kwargs: Any) -> TrainResult:
 
 # ---------------------------------------------------------------------- helpers
 def _init_distributed(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device is {device!r} but CUDA is not available; use run.device=cpu")
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        from datetime import timedelta
-
-        # the other ranks wait at the checkpoint while rank 0 validates: allow for a long validation
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return rank, world, dev
+    # the other ranks wait at the checkpoint while rank 0 validates: allow for a long validation
+    world = distributed.init(device, timeout_minutes=60)
+    return world.rank, world.size, world.device
 
 
 def _load_init(model: torch.nn.Module, init: str, strict: bool) -> None:
