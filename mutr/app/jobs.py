@@ -155,7 +155,7 @@ def check_request(request: JobRequest, limits: Limits) -> None:
         raise InputError("no video: upload one, or click \"Use the demo clip\"")
     size_mb = video.stat().st_size / 2**20
     if size_mb > limits.max_upload_mb:
-        raise InputError(f"the video is {size_mb:.0f} MB; this page takes at most {limits.max_upload_mb:g} MB: "
+        raise InputError(f"the video is {size_mb:.3g} MB; this page takes at most {limits.max_upload_mb:g} MB: "
                          "upload a shorter or smaller clip (or restart with `mutr app --max-upload-mb N`)")
     if request.audio is not None and str(request.audio) != "from-video" and not Path(request.audio).is_file():
         raise InputError("the sound file is missing: upload it again, or untick the sound")
@@ -172,7 +172,11 @@ def run_job(request: JobRequest, predictor, folder: Path, limits: Limits = Limit
 
     try:
         check_request(request, limits)
-        source = open_source(request.video, request.start, request.end)
+        try:
+            source = open_source(request.video, request.start, request.end)
+        except MediaError as exc:  # the library's message holds the server's path and FFmpeg's words
+            raise MediaError(f"{Path(request.video).name} is not a video FFmpeg can read: upload a video file "
+                             "(MP4, MOV, MKV, WebM, ...)") from exc
         _check_span(source, request, limits)
         run = predictor.segment(source, texts=list(request.texts), audio=request.audio, size=request.size)
         strips = _StripCollector(run.total, len(run.prompts))
