@@ -42,13 +42,28 @@ CSS = """
 """
 
 
+NO_GRADIO = 'the web page needs Gradio, which is not installed: pip install "mutr[app]"'
+
+
+def _check_installed() -> None:
+    """Fail before anything else happens, without importing Gradio (that comes after GRADIO_TEMP_DIR is set)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("gradio") is not None
+    except ValueError:  # sys.modules["gradio"] is None: blocked on purpose
+        found = False
+    if not found:
+        raise MissingExtraError(NO_GRADIO)
+
+
 def require_gradio():
     """Import Gradio, or raise a one-line error saying how to install it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio
     except ImportError:
-        raise MissingExtraError('the web page needs Gradio, which is not installed: pip install "mutr[app]"') from None
+        raise MissingExtraError(NO_GRADIO) from None
     major = int(gradio.__version__.split(".")[0])
     if major < int(MIN_GRADIO.split(".")[0]):
         raise MissingExtraError(f"mutr app needs Gradio >= {MIN_GRADIO}, found {gradio.__version__}: "
@@ -58,7 +73,7 @@ def require_gradio():
 
 def demo_clip() -> Path:
     """The bundled demo clip, next to the demo model."""
-    from mutr.predictor import demo_checkpoint_dir
+    from mutr.hub import demo_checkpoint_dir
 
     return demo_checkpoint_dir().parent / "clip.mp4"
 
@@ -160,6 +175,9 @@ def build_page(workspace: Workspace, models: _Models | None = None, *, checkpoin
                                     elem_id="downloads", interactive=False)
         job_folder = gr.State(None)
 
+        # load the first model when someone opens the page (not at start: torch alone takes seconds), so
+        # that their first Run starts at once; a failure here is reported by the job that needs the model
+        page.load(lambda: _warm(models, first), queue=False, show_progress="hidden")
         use_demo.click(lambda: str(demo_clip()), outputs=video, queue=False)
         choice.change(on_checkpoint, inputs=choice, outputs=[demo_note, size], queue=False)
         run_button.click(run, inputs=[video, prompts, use_sound, sound_file, choice, folder, size, start, end],
@@ -167,6 +185,13 @@ def build_page(workspace: Workspace, models: _Models | None = None, *, checkpoin
                          concurrency_limit=1, concurrency_id="segment", show_progress_on=[status],
                          ).then(workspace.release, inputs=job_folder, queue=False)
     return page
+
+
+def _warm(models: _Models, checkpoint: str) -> None:
+    try:
+        models.get(checkpoint)
+    except Exception:  # noqa: BLE001
+        log.debug("mutr app: preloading %s failed", checkpoint, exc_info=True)
 
 
 def _seconds(value) -> float | None:
@@ -198,6 +223,7 @@ class AppServer:
 def launch(*, checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
            precision: str = "fp32", limits: Limits = Limits()) -> AppServer:
     """Start the page on ``host:port`` (in a background thread) and return the running server."""
+    _check_installed()
     if checkpoint not in (None, DEMO):
         from mutr.hub import resolve_checkpoint
 
@@ -224,14 +250,4 @@ def launch(*, checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
     except BaseException:
         workspace.close()
         raise
-    # load the first model while the user picks a video, so that the first Run starts at once; an error
-    # here (a broken checkpoint) is reported again on the page when a job asks for it
-    threading.Thread(target=_warm, args=(models, checkpoint or DEMO), daemon=True, name="mutr-app-warm").start()
     return AppServer(page, workspace)
-
-
-def _warm(models: _Models, checkpoint: str) -> None:
-    try:
-        models.get(checkpoint)
-    except Exception:  # noqa: BLE001
-        log.debug("mutr app: preloading %s failed", checkpoint, exc_info=True)

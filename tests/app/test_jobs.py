@@ -21,7 +21,8 @@ from mutr.app.jobs import (DEMO, JobRequest, Limits, Workspace, checkpoint_choic
                            run_job)
 from mutr.errors import InputError, MediaError
 from mutr.io.writers import decode_rle
-from mutr.predictor import Predictor, demo_checkpoint_dir, load_checkpoint
+from mutr.hub import demo_checkpoint_dir
+from mutr.predictor import Predictor, load_checkpoint
 
 CLIP = demo_checkpoint_dir().parent / "clip.mp4"
 
