@@ -58,8 +58,19 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _import_gradio_cpu_seconds() -> float:
+    """CPU seconds a bare `python -c "import gradio"` takes here and now: the floor of any Gradio app's start."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import gradio"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 class Server:
     def __init__(self) -> None:
+        self.gradio_cpu_s = _import_gradio_cpu_seconds()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         began = time.perf_counter()
@@ -137,10 +148,13 @@ def _rle_masks(data: dict) -> dict[tuple[int, int], np.ndarray]:
 
 def test_app_starts_fast_and_binds_to_localhost(server):
     assert server.first_line == f"mutr app: open {server.url} in a browser (Ctrl-C stops it)"
-    print(f"\nmutr app answered after {server.startup_s:.2f} s wall, {server.startup_cpu_s:.2f} s CPU")
-    # CPU time is what the start costs; wall time adds whatever else this shared machine runs meanwhile
+    print(f"\nmutr app answered after {server.startup_s:.2f} s wall, {server.startup_cpu_s:.2f} s CPU "
+          f"(a bare `import gradio`: {server.gradio_cpu_s:.2f} s CPU)")
+    # CPU time is what the start costs (on an idle machine wall ~ CPU); wall time also counts whatever else
+    # a shared machine runs meanwhile. What mutr adds to Gradio's own import (no torch at start) is checked
+    # against a bare `import gradio` measured just before, which slows down with the machine in the same way.
+    assert server.startup_cpu_s - server.gradio_cpu_s < 1.5
     assert server.startup_cpu_s < 5.0
-    assert server.startup_s < 15.0
 
 
 def test_demo_clip_text_and_sound(page, server, tmp_path):
@@ -237,6 +251,37 @@ def test_bad_input_shows_one_line_and_the_next_run_works(page, server, tmp_path)
     status = _run(page, status)
     assert status.startswith("Done. Segmented 10 frames") and "the yellow square" in status
     assert page.locator("#strips .thumbnail-item img").count() == 1
+
+
+def test_second_user_waits_in_the_queue(browser, server, tmp_path):
+    long_clip = tmp_path / "long.mp4"
+    make_video(long_clip, n=48, size=(160, 120), rate=25)  # 48 frames: 4 windows, a few seconds of work
+    first, second = browser.new_page(), browser.new_page()
+    try:
+        for page in (first, second):
+            page.goto(server.url)
+            page.wait_for_selector("#run")
+            page.fill("#prompts textarea", "the blue circle")
+            page.evaluate("""() => { window.seen = []; const box = document.querySelector('#status');
+                new MutationObserver(() => window.seen.push(box.innerText)).observe(box, {subtree: true,
+                childList: true, characterData: true}); }""")
+        first.set_input_files("#video input[type=file]", str(long_clip))
+        second.click("#use-demo")
+        second.wait_for_function("document.querySelector('#video video')?.readyState >= 1")
+        first.click("#run")
+        first.wait_for_function("window.seen.some(t => /frames/.test(t))", timeout=60_000)  # first is running
+        second.click("#run")
+        second.wait_for_function(STATUS_DONE, timeout=120_000)
+        first.wait_for_function(STATUS_DONE, timeout=120_000)
+        waited = [t for t in second.evaluate("window.seen") if "queue" in t.lower()]
+        assert waited and re.search(r"queue: 1/\d", waited[0].lower()), second.evaluate("window.seen")
+        print(f"\nthe second user saw: {waited[0]!r}")
+        assert first.inner_text("#status").startswith("Done. Segmented 48 frames")
+        assert second.inner_text("#status").startswith("Done. Segmented 10 frames")
+    finally:
+        first.close()
+        second.close()
+
 
 
 def test_stop_removes_temporary_files(page, server):
