@@ -14,6 +14,7 @@ folder at once, a finished one when the page has taken its results (``Workspace.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -277,14 +278,16 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 
 def describe(result: JobResult) -> str:
     """A Markdown summary: the run's speed and a table of prompts with their score."""
-    rows = "\n".join(f"| {k + 1} | {_md(p.text)} | {p.score:.3f} | {p.frames_with_mask} / {result.frames} |"
+    rows = "\n".join(f"| {k + 1} | {md_escape(p.text)} | {p.score:.3f} | {p.frames_with_mask} / {result.frames} |"
                      for k, p in enumerate(result.prompts))
     return (f"Segmented **{result.frames} frames** in {result.seconds:.1f} s ({result.fps:.2f} frames/s).\n\n"
             f"| # | prompt | score | frames with a mask |\n| --- | --- | --- | --- |\n{rows}")
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def md_escape(text: str) -> str:
+    """Text shown as itself in Markdown (file names with underscores, prompts with stars or pipes);
+    backticks are kept, so that commands in messages show as code."""
+    return re.sub(r"([\\*_\[\]<>|#])", r"\\\1", text).replace("\n", " ")
 
 
 def strips(result: JobResult) -> Sequence[tuple[str, str]]:

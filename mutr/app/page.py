@@ -18,24 +18,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mutr.app.jobs import (DEMO, JobRequest, Limits, Workspace, checkpoint_choices, default_size, describe,
-                           parse_prompts, run_job, strips)
-from mutr.errors import MissingExtraError, MutrError
+                           md_escape, parse_prompts, run_job, strips)
+from mutr.errors import InputError, MissingExtraError, MutrError
 
 __all__ = ["AppServer", "build_page", "launch", "require_gradio"]
 
 log = logging.getLogger(__name__)
 
 MIN_GRADIO = "6.0"
-DEMO_NOTE = ("**The demo model** is tiny (383k parameters) and was trained for ten minutes on synthetic clips of "
-             "coloured circles, squares and triangles, each with a tone of its own. It follows prompts such as "
-             "\"the blue circle\" or \"the square in the middle\" and the shapes' sounds, on clips like the demo "
-             "clip only; on real videos its masks are meaningless. Use a real checkpoint "
+DEMO_NOTE = ("**The demo model** is tiny (383k parameters) and was trained for ten minutes on synthetic "
+             "clips of coloured circles, squares and triangles, each with a tone of its own. It follows "
+             "prompts such as \"the blue circle\" or \"the square in the middle\" and the shapes' sounds, "
+             "on clips like the demo clip only; on real videos its masks are meaningless. Use a real checkpoint "
              "(`mutr download mutr-r50`) for real videos.")
 # the strips are wide (8 thumbnails side by side): let each gallery cell take its image's own height
 CSS = """
 #status {min-height: 2em}
 #strips {height: auto !important; min-height: 0 !important}
-#strips .grid-wrap {min-height: 0 !important; height: auto !important; max-height: none !important; overflow: visible !important}
+#strips .grid-wrap {min-height: 0 !important; height: auto !important; max-height: none !important;
+                   overflow: visible !important}
 #strips .grid-container {grid-auto-rows: auto !important}
 #strips .thumbnail-item {aspect-ratio: auto !important; height: auto !important}
 #strips .thumbnail-item img {width: 100%; height: auto !important; object-fit: contain}
@@ -115,6 +116,9 @@ def build_page(workspace: Workspace, models: _Models | None = None, *, checkpoin
                              start=_seconds(start), end=_seconds(end), size=int(size or default_size(chosen)))
         job = workspace.new_job()
         try:
+            if use_sound and sound_file:
+                raise InputError("use the video's own sound or a sound file, not both: untick the box or remove "
+                                 "the file")
             progress(0, desc="loading the model")
             predictor = models.get(chosen)
 
@@ -129,13 +133,14 @@ def build_page(workspace: Workspace, models: _Models | None = None, *, checkpoin
         except Exception as exc:  # noqa: BLE001 - the page shows one line and keeps serving
             workspace.release(job)
             log.exception("mutr app: job failed")
-            return _failed(f"mutr could not finish this job ({type(exc).__name__}: {exc}); the server log has "
-                           "the details")
+            first_line = (str(exc).splitlines() or [""])[0]
+            return _failed(f"mutr could not finish this job ({type(exc).__name__}: {first_line}); the server "
+                           "log has the details")
         files = [str(result.overlay), str(result.masks_zip), str(result.rle)]
         return ("Done. " + describe(result), str(result.overlay), strips(result), files, str(job))
 
     def _failed(message: str):
-        return (f"**Error:** {message}", None, [], None, None)
+        return (f"**Error:** {md_escape(message)}", None, [], None, None)
 
     def on_checkpoint(choice):
         return gr.update(visible=choice == DEMO), gr.update(value=default_size(choice))

@@ -127,3 +127,17 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, predictor, workspace, tm
         run_job(request, predictor, job, limits)
     assert str(err.value).startswith(expected[1]) and "\n" not in str(err.value)
     assert not job.exists() and workspace.jobs() == []
+
+
+def test_sound_file_prompt_and_markdown(predictor, workspace, tmp_path):
+    from segment_utils import make_audio
+
+    from mutr.app.jobs import describe, md_escape
+
+    tone = make_audio(tmp_path / "my_tone.wav", 5.0)
+    result = run_job(JobRequest(CLIP, ("the *white* triangle",), tone, size=160), predictor, workspace.new_job())
+    assert [p.text for p in result.prompts] == ["the *white* triangle", "audio: my_tone.wav"]
+    assert result.frames == 10
+    table = describe(result)
+    assert "| 1 | the \\*white\\* triangle | " in table and "| 2 | audio: my\\_tone.wav | " in table
+    assert md_escape("a_b `c` [d]|e") == "a\\_b `c` \\[d\\]\\|e"
