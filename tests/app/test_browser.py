@@ -44,6 +44,7 @@ CLIP = demo_checkpoint_dir().parent / "clip.mp4"
 # a fresh profile and nothing that phones home: the page must work with no network at all
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_UPLOAD_MB = 2  # small, so that the test can send a bigger file
 STATUS_DONE = "document.querySelector('#status')?.innerText.match(/^(Done|Error)/)"
 
 
@@ -74,7 +75,8 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         began = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "mutr_cli.main", "app", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mutr_cli.main", "app", "--port", str(self.port),
+                                      "--max-upload-mb", str(MAX_UPLOAD_MB)],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while True:
             try:
@@ -221,6 +223,12 @@ def test_bad_input_shows_one_line_and_the_next_run_works(page, server, tmp_path)
     silent = tmp_path / "silent.mp4"
     make_video(silent, n=4)
     upload = "#video input[type=file]"
+
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom((MAX_UPLOAD_MB + 1) * 2**20))
+    page.set_input_files(upload, str(big))  # Gradio refuses it before it reaches the server
+    page.wait_for_selector(f'text=File(s) exceed the maximum allowed size of {MAX_UPLOAD_MB:.1f} Mb: "big.mp4"')
+    page.click("#video button[aria-label='Clear']")
 
     page.set_input_files(upload, str(notes))
     page.fill("#prompts textarea", "the blue circle")
