@@ -251,7 +251,8 @@ def launch(*, checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
                     theme=gr.themes.Default(), css=CSS, footer_links=[])
     except OSError as exc:
         workspace.close()
-        raise MutrError(f"cannot start the page on {host}:{port} ({exc}): pass another --port") from None
+        raise MutrError(f"cannot listen on {host}:{port} (in use, or not an address of this machine): pass "
+                        "another --port or --host") from None
     except BaseException:
         workspace.close()
         raise

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mutr_cli.main import app
@@ -41,3 +44,18 @@ def test_app_help_lists_the_options():
     for option in ("--checkpoint", "--host", "--port", "--device", "--precision", "--max-upload-mb", "--max-seconds"):
         assert option in result.output
     assert "127.0.0.1" in result.output and "7860" in result.output
+
+
+def test_port_in_use_is_one_line_and_leaves_no_workspace(tmp_path):
+    pytest.importorskip("gradio", reason='needs Gradio: pip install "mutr[app]"')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, TMPDIR=str(tmp_path))  # the workspace would be made here
+        out = subprocess.run([sys.executable, "-m", "mutr_cli.main", "app", "--port", str(port)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (f"error: cannot listen on 127.0.0.1:{port} (in use, or not an address of this machine): "
+                          "pass another --port or --host\n")
+    assert list(tmp_path.iterdir()) == []
