@@ -11,6 +11,7 @@ user can fix appear as one line in the status box, and the server keeps serving.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -211,6 +212,8 @@ class AppServer:
     def __init__(self, page, workspace: Workspace) -> None:
         self.page, self.workspace = page, workspace
         self.url = page.local_url.rstrip("/") if page.local_url else None
+        self._closed = False
+        atexit.register(self.close)  # a library caller that never calls close() still leaves nothing behind
 
     def wait(self) -> None:
         try:
@@ -219,6 +222,10 @@ class AppServer:
             self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         try:
             self.page.close()
         finally:
@@ -251,6 +258,8 @@ def launch(*, checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
                     theme=gr.themes.Default(), css=CSS, footer_links=[])
     except OSError as exc:
         workspace.close()
+        if "port" not in str(exc).lower():
+            raise
         raise MutrError(f"cannot listen on {host}:{port} (in use, or not an address of this machine): pass "
                         "another --port or --host") from None
     except BaseException:
