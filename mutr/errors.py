@@ -32,3 +32,7 @@ class MediaError(MutrError, ValueError):
 
 class OutputExistsError(MutrError):
     """An output already exists and ``overwrite`` was not given."""
+
+
+class MissingExtraError(MutrError, ImportError):
+    """An optional dependency (an extra such as ``mutr[app]``) is not installed."""

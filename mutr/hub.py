@@ -212,6 +212,21 @@ def get_entry(name: str) -> WeightsEntry:
 
 # --------------------------------------------------------------------------- local paths
 
+DEMO_ENV = "MUTR_DEMO_CHECKPOINT"
+
+
+def demo_checkpoint_dir() -> Path:
+    """Where the bundled demo model lives: $MUTR_DEMO_CHECKPOINT or examples/demo/checkpoint.
+
+    Here rather than in mutr.predictor so that finding it does not import torch (``mutr app``
+    starts without torch); ``mutr.predictor.demo_checkpoint_dir`` is the same function."""
+    env = os.environ.get(DEMO_ENV)
+    if env:
+        return Path(env).expanduser()
+    import mutr
+
+    return Path(mutr.__file__).resolve().parents[1] / "examples" / "demo" / "checkpoint"
+
 
 def mutr_home() -> Path:
     """Root of mutr's cache: ``$MUTR_HOME``, else ``$XDG_CACHE_HOME/mutr``, else ``~/.cache/mutr``."""

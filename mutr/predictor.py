@@ -69,6 +69,7 @@ import torch
 from torch import Tensor
 
 from mutr.errors import CheckpointError, ConfigError, InputError, MediaError
+from mutr.hub import DEMO_ENV, demo_checkpoint_dir  # noqa: F401 - re-exported: mutr.predictor's public name
 from mutr.io.prefetch import Prefetch
 from mutr.io.transforms import INFERENCE_SIZE, resize_short_side, resized_size, to_model_input
 from mutr.io.video import FrameSource, VideoInfo, open_source
@@ -86,7 +87,6 @@ __all__ = ["DEFAULT_PREFETCH", "DEFAULT_WINDOW", "ClipPrediction", "FrameResult"
 DEFAULT_WINDOW = 16
 DEFAULT_PREFETCH = 8  # decoded frames kept ready ahead of the model (memory: 8 frames + their inputs)
 MAX_INPUT_LONG_SIDE = 2048  # model input cap, reached only by frames wider than ~4.7:1 at size 432
-DEMO_ENV = "MUTR_DEMO_CHECKPOINT"
 FROM_VIDEO = "from-video"
 Precision = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -382,16 +382,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"device {name!r} is not supported: pass --device auto, cpu or cuda")
     return dev
-
-
-def demo_checkpoint_dir() -> Path:
-    """Where the bundled demo model lives: $MUTR_DEMO_CHECKPOINT or examples/demo/checkpoint."""
-    env = os.environ.get(DEMO_ENV)
-    if env:
-        return Path(env).expanduser()
-    import mutr
-
-    return Path(mutr.__file__).resolve().parents[1] / "examples" / "demo" / "checkpoint"
 
 
 def load_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[MUTR, bool]:

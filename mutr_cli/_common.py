@@ -10,6 +10,7 @@ from typing import Annotated, Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mutr.errors import MutrError
 
@@ -45,7 +46,8 @@ def debug_enabled(flag: bool = False) -> bool:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one red line on stderr and exit; used for every user error."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets that rich would take for markup (pip install "mutr[app]")
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

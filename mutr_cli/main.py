@@ -36,7 +36,7 @@ def _register() -> None:
     # Subcommand modules register themselves on `app`; an absent module is simply not offered.
     import importlib
 
-    for name in ("smoke", "convert", "download", "segment", "eval", "train", "audio_features"):
+    for name in ("smoke", "convert", "download", "segment", "eval", "train", "audio_features", "app"):
         try:
             importlib.import_module(f"mutr_cli.{name}")
         except ModuleNotFoundError as exc:
