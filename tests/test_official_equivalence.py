@@ -25,7 +25,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # One fixture folder per released backbone (official --backbone name), each made by the harness
 # with the command in tests/fixtures/official/README.md.
 BACKBONES = sorted(p.name for p in (FIXTURES / "official").iterdir() if (p / "outputs.pt").exists())
-# Keyed ConvMAE-B weights give mask logits of 20-40 (official init: ~10; ResNet-50 keyed: 6-12),
+# Keyed ConvMAE-B weights give mask logits of 20-40 (ResNet-50 keyed: 6-12),
 # up to ~1000 at 240x336. Its backbone features are bitwise the official ones; the float32 noise
 # of the other parts (~5e-6 of the logits' scale: RoBERTa sdpa vs eager, attention, sampling)
 # then reaches 1.8e-4 at scale 30 and 1.2e-3 at scale 950, so its outputs may also differ by
