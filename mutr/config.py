@@ -20,7 +20,7 @@ from mutr.errors import ConfigError
 class BackboneConfig:
     """Visual backbone built through transformers' ``AutoBackbone`` (random weights by default)."""
 
-    kind: Literal["resnet", "swin", "convnext", "pvt_v2"] = "resnet"
+    kind: Literal["resnet", "swin", "convnext", "pvt_v2", "convmae"] = "resnet"
     # Keyword arguments of the transformers config class (ResNetConfig, SwinConfig, ...).
     params: dict = field(default_factory=dict)
     # Parameters whose name contains one of these stay trainable; empty = all trainable.
@@ -262,6 +262,13 @@ def _convnext_l() -> MUTRConfig:
     return replace(_r50(), name="convnext-l", backbone=BackboneConfig("convnext", params))
 
 
+def _convmae_b() -> MUTRConfig:
+    """ConvMAE-B as released: official ``--max_size 640`` (sizes the global blocks' relative
+    positions: 79 rows), drop path 0.2; mutr.model.backbones.convmae."""
+    return replace(_r50(), name="convmae-b",
+                   backbone=BackboneConfig("convmae", dict(max_size=640, drop_path_rate=0.2)))
+
+
 def _pvtv2_b5() -> MUTRConfig:
     params = dict(depths=[3, 6, 40, 3], hidden_sizes=[64, 128, 320, 512], num_attention_heads=[1, 2, 5, 8],
                   mlp_ratios=[4, 4, 4, 4], sr_ratios=[8, 4, 2, 1], drop_path_rate=0.3)
@@ -304,6 +311,7 @@ _PRESETS = {
     "r101": _r101,
     "swin-l": _swin_l,
     "convnext-l": _convnext_l,
+    "convmae-b": _convmae_b,
     "pvtv2-b5": _pvtv2_b5,
     "tiny": _tiny,
     "r50-audio": lambda: _with_audio(_r50(), "r50-audio", "vggish", text=False),

@@ -25,6 +25,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # One fixture folder per released backbone (official --backbone name), each made by the harness
 # with the command in tests/fixtures/official/README.md.
 BACKBONES = sorted(p.name for p in (FIXTURES / "official").iterdir() if (p / "outputs.pt").exists())
+# Keyed ConvMAE-B weights give mask logits of 20-40 (ResNet-50 keyed: 6-12),
+# up to ~1000 at 240x336. Its backbone features are bitwise the official ones; the float32 noise
+# of the other parts (~5e-6 of the logits' scale: RoBERTa sdpa vs eager, attention, sampling)
+# then reaches 1.8e-4 at scale 30 and 1.2e-3 at scale 950, so its outputs may also differ by
+# 1e-5 of their largest magnitude.
+SCALE = {"convmae_base": 1e-5}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -34,7 +40,7 @@ def test_keyed_official_weights_reproduce_all_cases(backbone: str) -> None:
     inputs = torch.load(FIXTURES / "official" / backbone / "inputs.pt", weights_only=True)
     expected = torch.load(FIXTURES / "official" / backbone / "outputs.pt", weights_only=True)
     ours = run_cases(model, inputs)
-    assert_close(ours, expected)
+    assert_close(ours, expected, scale=SCALE.get(backbone, 0.0))
 
 
 @pytest.mark.skipif(not os.environ.get("MUTR_OFFICIAL_FIXTURES"), reason="set MUTR_OFFICIAL_FIXTURES=DIR")
@@ -48,4 +54,5 @@ def test_harness_directory_reproduces() -> None:
         ours = run_cases(model, torch.load(d / "inputs.pt", weights_only=True))
         expected = torch.load(d / "outputs.pt", weights_only=True)
         print(d.name, json.dumps(max_errors(ours, expected)))
-        assert_close(ours, expected)
+        convmae = "backbone.0.body.patch_embed4.weight" in state
+        assert_close(ours, expected, scale=SCALE["convmae_base"] if convmae else 0.0)
