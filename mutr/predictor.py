@@ -19,7 +19,13 @@ smaller ``window`` on less memory and a larger one where memory allows.
 
 One backbone pass per window for every prompt: ``encode_video`` runs once per window, on its new
 frames only (the shared frames' per-frame features are kept from the previous window), and
-``decode`` (early fusion onward, which depends on the reference) runs once per prompt. A text
+``decode`` (early fusion onward, which depends on the reference) runs once per prompt.
+
+Temporal backbones (``model.backbone.temporal``, e.g. Video-Swin) mix the frames of the clip
+they are run on, so a shared frame's features from the previous window are not its features in
+this one. For them the rule is: each window's backbone pass runs over all of that window's frames
+(the shared ones again), so a window's outputs equal one ``model(window_frames)`` forward over its
+frames, as the official model computes a clip. Only the shared frames' model inputs are carried. A text
 prompt is encoded once per run; a sound prompt once per window, from the audio under its frames
 (:mod:`mutr.audio_windows`).
 
@@ -140,11 +146,13 @@ class SegmentRun(Generator):
 
 @dataclass
 class _Carry:
-    """What a window passes on: its last frames, their features, and per prompt the selected
-    query's binary stride-4 masks on them and its score."""
+    """What a window passes on: its last frames, their features (``visual``; per-frame backbones)
+    or their model inputs (``video`` [k, 3, h, w]; temporal backbones, which encode them again),
+    and per prompt the selected query's binary stride-4 masks on them and its score."""
 
     frames: list
-    visual: VisualFeatures
+    visual: VisualFeatures | None
+    video: Tensor | None
     masks: list[Tensor]
     scores: list[float]
 
@@ -275,9 +283,12 @@ class Predictor:
         k = len(carry.frames) if carry is not None else 0  # frames shared with the previous window
         all_frames = (carry.frames if carry is not None else []) + frames
         height, width = frames[0].image.shape[:2]
+        temporal = model.backbone.temporal  # features depend on the clip: re-encode the shared frames
+        if temporal and carry is not None:
+            video = torch.cat([carry.video, video[0]])[None]  # [1, k + n, 3, h, w]
         with torch.inference_mode(), self._autocast():
             visual = model.encode_video(video)
-            if carry is not None:
+            if carry is not None and not temporal:
                 visual = _cat_visual(carry.visual, visual)
             if sound is not None:
                 span = sound.examples(all_frames[0].time, all_frames[-1].time + frame_time)
@@ -296,7 +307,8 @@ class Predictor:
         keep = min(overlap, len(all_frames))
         new_carry = None
         if keep:
-            new_carry = _Carry(all_frames[len(all_frames) - keep :], _tail_visual(visual, keep),
+            new_carry = _Carry(all_frames[len(all_frames) - keep :], None if temporal else _tail_visual(visual, keep),
+                               video[0, video.shape[1] - keep :].clone() if temporal else None,
                                [x.tail for x in picks], [x.score for x in picks])
         return results, new_carry
 

@@ -116,10 +116,11 @@ class WindowAttention3D(nn.Module):
             q, k, v = (t.view(bw // nw, nw, *t.shape[1:]) for t in (q, k, v))  # [B, nW, h, N, c/h]
             out = torch.empty_like(q)
             for s in range(0, nw, step):
-                m = (bias + mask[s : s + step, None].to(q.dtype))[None]  # [1, w, h, N, N]
-                out[:, s : s + step] = F.scaled_dot_product_attention(
-                    q[:, s : s + step].flatten(0, 1), k[:, s : s + step].flatten(0, 1), v[:, s : s + step].flatten(0, 1),
-                    attn_mask=m.expand(q.shape[0], -1, -1, -1, -1).flatten(0, 1)).view_as(out[:, s : s + step])
+                part = slice(s, s + step)
+                m = (bias + mask[part, None].to(q.dtype)).expand(q.shape[0], -1, -1, -1, -1)  # [B, w, h, N, N]
+                out[:, part] = F.scaled_dot_product_attention(
+                    q[:, part].flatten(0, 1), k[:, part].flatten(0, 1), v[:, part].flatten(0, 1),
+                    attn_mask=m.flatten(0, 1)).view_as(out[:, part])
             out = out.flatten(0, 1)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
@@ -221,7 +222,8 @@ class VideoSwin(nn.Module):
                  drop_path_rate: float = 0.2) -> None:
         super().__init__()
         self.channels = [embed_dim * 2**i for i in range(len(depths))]
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # stochastic depth grows with depth
+        # stochastic depth grows linearly with the block's depth (cpu: also under a meta device)
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.patch_embed = PatchEmbed(embed_dim)
         self.layers = nn.ModuleList(Stage(c, d, h, mlp_ratio, rates[s:])
