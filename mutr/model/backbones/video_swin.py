@@ -1,7 +1,10 @@
 """Video Swin Transformer (Liu et al., CVPR 2022) as MUTR's Video-Swin-T/S/B backbone.
 
-Written here because no mutr dependency has it (torchvision's ``swin3d_*`` computes the same
-function but torchvision is not a dependency and would be one for this module alone). What MUTR's
+Written here because no mutr dependency has it. torchvision's ``SwinTransformer3d`` built with
+patch (1, 4, 4) and window (8, 7, 7) computes the same stage outputs (bitwise, checked against the
+official module), but torchvision is not a dependency and would become one for this module alone;
+this one also attends through ``scaled_dot_product_attention`` and builds each stage's shift mask
+once instead of in every block. What MUTR's
 variant does differently from the Kinetics model: patches are 1x4x4 (no temporal downsampling, so
 every frame keeps its own features), the four stage outputs are taken before each patch merging,
 and there are no output norms. ``temporal = True``: the frames of a clip attend to each other, so
