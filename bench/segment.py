@@ -152,7 +152,7 @@ def worker_model_only(args) -> dict:
         carry, i = None, 0
         while i < len(video):
             n = window - (carry.num_frames if carry is not None else 0)
-            if model.backbone.temporal:  # the predictor's rule: a window's frames are encoded together
+            if getattr(model.backbone, "temporal", False):  # the predictor's rule: a window's frames are encoded together
                 k = carry.num_frames if carry is not None else 0
                 visual = model.encode_video(video[None, i - k : i + n])
             else:

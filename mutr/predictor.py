@@ -283,7 +283,8 @@ class Predictor:
         k = len(carry.frames) if carry is not None else 0  # frames shared with the previous window
         all_frames = (carry.frames if carry is not None else []) + frames
         height, width = frames[0].image.shape[:2]
-        temporal = model.backbone.temporal  # features depend on the clip: re-encode the shared frames
+        # a temporal backbone's features depend on the clip: re-encode the shared frames
+        temporal = bool(getattr(getattr(model, "backbone", None), "temporal", False))
         if temporal and carry is not None:
             video = torch.cat([carry.video, video[0]])[None]  # [1, k + n, 3, h, w]
         with torch.inference_mode(), self._autocast():
