@@ -7,8 +7,9 @@ frames (default :data:`DEFAULT_WINDOW` = 16). Consecutive windows share ``overla
 (default ``window // 4``, so 4): each window adds ``window - overlap`` new frames (12 by default,
 a multiple of MTI's 4-frame windows, so the shared frames fall into the same MTI windows in both
 clips). A window's results are yielded as soon as it is done, each frame from the first window
-that contains it; nothing is kept from earlier windows except the shared frames' features, so
-memory depends on the window, never on the video's length.
+that contains it; nothing is kept from earlier windows except the shared frames' features (their
+model inputs for temporal backbones, below), so memory depends on the window, never on the
+video's length.
 
 Why 16: MTI relates frames within 4-frame windows (shifted by 2), so 16 frames give it four
 windows and the video queries over half a second of context at 25 fps; the official Ref-DAVIS
@@ -19,15 +20,16 @@ smaller ``window`` on less memory and a larger one where memory allows.
 
 One backbone pass per window for every prompt: ``encode_video`` runs once per window, on its new
 frames only (the shared frames' per-frame features are kept from the previous window), and
-``decode`` (early fusion onward, which depends on the reference) runs once per prompt.
-
-Temporal backbones (``model.backbone.temporal``, e.g. Video-Swin) mix the frames of the clip
-they are run on, so a shared frame's features from the previous window are not its features in
-this one. For them the rule is: each window's backbone pass runs over all of that window's frames
-(the shared ones again), so a window's outputs equal one ``model(window_frames)`` forward over its
-frames, as the official model computes a clip. Only the shared frames' model inputs are carried. A text
+``decode`` (early fusion onward, which depends on the reference) runs once per prompt. A text
 prompt is encoded once per run; a sound prompt once per window, from the audio under its frames
 (:mod:`mutr.audio_windows`).
+
+Temporal backbones (``model.backbone.temporal``: Video-Swin) mix the frames of the clip they run
+on, so a shared frame's features from the previous window are not its features in this one. The
+rule for them: each window's backbone pass runs over all of that window's frames (the shared ones
+again; only their model inputs are carried), so a window's outputs equal one
+``model(window_frames)`` forward over its frames, as the official model computes a clip. The
+backbone then runs ``window / (window - overlap)`` times per new frame (4/3 with the defaults).
 
 Linking windows
 ---------------
