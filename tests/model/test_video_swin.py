@@ -140,3 +140,10 @@ def test_frames_mix_within_a_clip_and_never_across_clips():
     for x, y in zip(both, alone):
         torch.testing.assert_close(x[:3], y)  # clip b does not reach clip a
     assert (changed[0][0] - alone[0][0]).abs().max() > 1e-3  # frame 2 of the clip reaches frame 0
+
+
+def test_every_parameter_receives_a_gradient_through_shifted_windows():
+    torch.manual_seed(0)
+    body = video_swin.VideoSwin(8, [2, 2, 2, 2], [1, 1, 2, 2]).train()  # 16x24 at stride 4: shifted, masked
+    sum(f.square().mean() for f in body(torch.randn(2, 3, 64, 96), frames=2)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in body.parameters())
