@@ -152,9 +152,13 @@ def worker_model_only(args) -> dict:
         carry, i = None, 0
         while i < len(video):
             n = window - (carry.num_frames if carry is not None else 0)
-            visual = model.encode_video(video[None, i : i + n])
-            if carry is not None:
-                visual = _cat_visual(carry, visual)
+            if getattr(model.backbone, "temporal", False):  # the predictor's rule: a window's frames are encoded together
+                k = carry.num_frames if carry is not None else 0
+                visual = model.encode_video(video[None, i - k : i + n])
+            else:
+                visual = model.encode_video(video[None, i : i + n])
+                if carry is not None:
+                    visual = _cat_visual(carry, visual)
             out = model.decode(visual, ref)
             out.pred_masks.sum()  # materialise
             carry = _tail_visual(visual, min(overlap, visual.num_frames)) if overlap else None

@@ -20,7 +20,7 @@ from mutr.errors import ConfigError
 class BackboneConfig:
     """Visual backbone built through transformers' ``AutoBackbone`` (random weights by default)."""
 
-    kind: Literal["resnet", "swin", "convnext", "pvt_v2", "convmae"] = "resnet"
+    kind: Literal["resnet", "swin", "convnext", "pvt_v2", "video_swin", "convmae"] = "resnet"
     # Keyword arguments of the transformers config class (ResNetConfig, SwinConfig, ...).
     params: dict = field(default_factory=dict)
     # Parameters whose name contains one of these stay trainable; empty = all trainable.
@@ -257,6 +257,13 @@ def _swin_l() -> MUTRConfig:
     return replace(_r50(), name="swin-l", backbone=BackboneConfig("swin", params))
 
 
+def _video_swin(name: str, embed_dim: int, depths: list[int], num_heads: list[int]) -> MUTRConfig:
+    """Video-Swin-T/S/B as the released MUTR uses it (mutr.model.backbones.video_swin): 1x4x4
+    patches, (8, 7, 7) windows, drop path 0.2."""
+    params = dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, drop_path_rate=0.2)
+    return replace(_r50(), name=name, backbone=BackboneConfig("video_swin", params))
+
+
 def _convnext_l() -> MUTRConfig:
     params = dict(depths=[3, 3, 27, 3], hidden_sizes=[192, 384, 768, 1536], drop_path_rate=0.3)
     return replace(_r50(), name="convnext-l", backbone=BackboneConfig("convnext", params))
@@ -310,6 +317,9 @@ _PRESETS = {
     "r50": _r50,
     "r101": _r101,
     "swin-l": _swin_l,
+    "video-swin-t": lambda: _video_swin("video-swin-t", 96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "video-swin-s": lambda: _video_swin("video-swin-s", 96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "video-swin-b": lambda: _video_swin("video-swin-b", 128, [2, 2, 18, 2], [4, 8, 16, 32]),
     "convnext-l": _convnext_l,
     "convmae-b": _convmae_b,
     "pvtv2-b5": _pvtv2_b5,

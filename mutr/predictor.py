@@ -7,8 +7,9 @@ frames (default :data:`DEFAULT_WINDOW` = 16). Consecutive windows share ``overla
 (default ``window // 4``, so 4): each window adds ``window - overlap`` new frames (12 by default,
 a multiple of MTI's 4-frame windows, so the shared frames fall into the same MTI windows in both
 clips). A window's results are yielded as soon as it is done, each frame from the first window
-that contains it; nothing is kept from earlier windows except the shared frames' features, so
-memory depends on the window, never on the video's length.
+that contains it; nothing is kept from earlier windows except the shared frames' features (their
+model inputs for temporal backbones, below), so memory depends on the window, never on the
+video's length.
 
 Why 16: MTI relates frames within 4-frame windows (shifted by 2), so 16 frames give it four
 windows and the video queries over half a second of context at 25 fps; the official Ref-DAVIS
@@ -26,6 +27,13 @@ prompt is encoded once per run; a sound prompt once per window, from the audio u
 Frames are decoded, resized and normalised in a background thread (:class:`mutr.io.prefetch.Prefetch`,
 ``prefetch`` frames ahead; PyAV, PIL and torch release the GIL), so the model waits for input only
 when decoding is slower than the model; ``SegmentRun.times`` says how long it waited.
+
+Temporal backbones (``model.backbone.temporal``: Video-Swin) mix the frames of the clip they run
+on, so a shared frame's features from the previous window are not its features in this one. The
+rule for them: each window's backbone pass runs over all of that window's frames (the shared ones
+again; only their model inputs are carried), so a window's outputs equal one
+``model(window_frames)`` forward over its frames, as the official model computes a clip. The
+backbone then runs ``window / (window - overlap)`` times per new frame (4/3 with the defaults).
 
 Linking windows
 ---------------
@@ -165,11 +173,13 @@ class SegmentRun(Generator):
 
 @dataclass
 class _Carry:
-    """What a window passes on: its last frames, their features, and per prompt the selected
-    query's binary stride-4 masks on them and its score."""
+    """What a window passes on: its last frames, their features (``visual``; per-frame backbones)
+    or their model inputs (``video`` [k, 3, h, w]; temporal backbones, which encode them again),
+    and per prompt the selected query's binary stride-4 masks on them and its score."""
 
     frames: list
-    visual: VisualFeatures
+    visual: VisualFeatures | None
+    video: Tensor | None
     masks: list[Tensor]
     scores: list[float]
 
@@ -322,9 +332,13 @@ class Predictor:
         k = len(carry.frames) if carry is not None else 0  # frames shared with the previous window
         all_frames = (carry.frames if carry is not None else []) + frames
         height, width = frames[0].image.shape[:2]
+        # a temporal backbone's features depend on the clip: re-encode the shared frames
+        temporal = bool(getattr(getattr(model, "backbone", None), "temporal", False))
+        if temporal and carry is not None:
+            video = torch.cat([carry.video, video[0]])[None]  # [1, k + n, 3, h, w]
         with torch.inference_mode(), self._autocast():
             visual = model.encode_video(video)
-            if carry is not None:
+            if carry is not None and not temporal:
                 visual = _cat_visual(carry.visual, visual)
             if sound is not None:
                 span = sound.examples(all_frames[0].time, all_frames[-1].time + frame_time)
@@ -343,7 +357,8 @@ class Predictor:
         keep = min(overlap, len(all_frames))
         new_carry = None
         if keep:
-            new_carry = _Carry(all_frames[len(all_frames) - keep :], _tail_visual(visual, keep),
+            new_carry = _Carry(all_frames[len(all_frames) - keep :], None if temporal else _tail_visual(visual, keep),
+                               video[0, video.shape[1] - keep :].clone() if temporal else None,
                                [x.tail for x in picks], [x.score for x in picks])
         return results, new_carry
 

@@ -379,3 +379,51 @@ def test_cuda_matches_cpu(files):
     gpu = Predictor(MUTR.from_pretrained(files["tiny"]), device="cuda").predict_clip(files["frames"][:6], text="red",
                                                                                       size=SIZE)
     assert gpu.query == cpu.query and torch.allclose(gpu.probs, cpu.probs, atol=1e-3)
+
+
+def test_temporal_backbone_window_equals_one_forward_over_its_frames(tmp_path):
+    """Video-Swin mixes the frames of its clip, so the predictor re-encodes the shared frames:
+    each window's outputs are one plain forward over exactly that window's frames. Reusing the
+    shared frames' features from the previous window (what per-frame backbones do) differs."""
+    from dataclasses import replace
+
+    from segment_utils import make_tokenizer_json
+
+    from mutr import MUTRConfig
+    from mutr.config import BackboneConfig
+    from mutr.io.transforms import resize_short_side, to_model_input
+    from mutr.predictor import _cat_visual, _tail_visual
+
+    swin = BackboneConfig("video_swin", dict(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2]))
+    torch.manual_seed(0)
+    MUTR(replace(MUTRConfig.preset("tiny"), name="tiny-video-swin", backbone=swin)).save_pretrained(tmp_path / "m")
+    make_tokenizer_json(tmp_path / "m" / "tokenizer.json")
+    model = MUTR.from_pretrained(tmp_path / "m").eval()
+    assert model.backbone.temporal
+    images = make_video(tmp_path / "v.mp4", n=10)
+    seen = {"encode": [], "decode": []}
+    encode, decode = model.encode_video, model.decode
+    model.encode_video = lambda video, mask=None: seen["encode"].append(video) or encode(video, mask)
+    model.decode = lambda visual, ref: seen["decode"].append(out := decode(visual, ref)) or out
+    try:
+        results = list(Predictor(model, device="cpu").segment(tmp_path / "v.mp4", texts=["red"], size=SIZE,
+                                                              window=6, overlap=2))
+    finally:
+        del model.encode_video, model.decode
+    assert [r.window for r in results] == [0] * 6 + [1] * 4
+    assert [v.shape[1] for v in seen["encode"]] == [6, 6]  # the 2 shared frames are encoded again
+    frames = to_model_input([resize_short_side(im, SIZE) for im in images])  # [10, 3, 64, 96]
+    # window 1 is frames 4..9 (the decoded frames differ from the written ones by chroma subsampling)
+    distance = (seen["encode"][1][0, :, None] - frames[None]).abs().mean((2, 3, 4))  # [6, 10]
+    assert distance.argmin(1).tolist() == [4, 5, 6, 7, 8, 9]
+    assert torch.equal(seen["encode"][1][0, :2], seen["encode"][0][0, 4:])
+    with torch.no_grad():
+        ref = model.encode_reference(texts=["red"])
+        second = seen["encode"][1]  # [1, 6, 3, h, w]: frames 4..9 as the predictor decoded them
+        whole = model(second, reference=ref)  # one official forward over the window's frames
+        for name in ("pred_logits", "pred_boxes", "pred_masks"):
+            torch.testing.assert_close(getattr(seen["decode"][1], name), getattr(whole, name), atol=1e-5, rtol=1e-5)
+        reused = _cat_visual(_tail_visual(model.encode_video(seen["encode"][0]), 2),
+                             model.encode_video(second[:, 2:]))
+        stale = model.decode(reused, ref).pred_masks
+    assert (stale - whole.pred_masks).abs().max() > 1e-2  # reusing per-frame features would be wrong

@@ -35,7 +35,7 @@ _HF_CONFIGS = {
     "pvt_v2": "PvtV2Config",
 }
 # Kinds built by a module of mutr.model.backbones (see the module docstring).
-FAMILIES: tuple[str, ...] = ("convmae",)
+FAMILIES: tuple[str, ...] = ("video_swin", "convmae")
 
 
 class FrozenBatchNorm2d(nn.Module):
