@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 from segment_utils import make_checkpoint
 from typer.testing import CliRunner
 
@@ -24,17 +23,6 @@ DATASETS = {"ref-davis17": "davis", "ref-youtube-vos": "ytvos", "avsbench-s4": "
             "avsbench-ms3": "avsbench-ms3"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    monkeypatch.delenv("MUTR_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from ranks import run_ranks
 from segment_utils import make_checkpoint
 from typer.testing import CliRunner
@@ -23,19 +22,6 @@ runner = CliRunner()
 FAST = ["--size", "64", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    monkeypatch.delenv("MUTR_DEBUG", raising=False)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -28,18 +28,10 @@ runner = CliRunner()
 FAST = ["--size", "64", "--threads", "1"]  # tiny model input; one thread is fastest for tensors this small
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch, tmp_path):
-    monkeypatch.delenv("MUTR_DEBUG", raising=False)
     monkeypatch.setenv("MUTR_DEMO_CHECKPOINT", str(tmp_path / "no-demo-here"))
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import re
 
 import pytest
-import torch
 from damaged_media import DAMAGES, PAIRS, damage, libavcodec_decode, make_clip
 from segment_utils import make_checkpoint
 from typer.testing import CliRunner
@@ -27,18 +26,10 @@ SOUND_SLACK_S = 0.07  # the overlay's sound may start one codec frame late (an M
 #                      AAC's encoder delay) and is cut at the end of the last video frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():  # --threads 1 sets PyTorch's process-wide thread count
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch, tmp_path):
-    monkeypatch.delenv("MUTR_DEBUG", raising=False)
     monkeypatch.setenv("MUTR_DEMO_CHECKPOINT", str(tmp_path / "no-demo-here"))
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")

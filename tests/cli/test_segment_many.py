@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from ranks import run_ranks
 from segment_utils import make_checkpoint, make_video
 from typer.testing import CliRunner
@@ -26,19 +25,6 @@ FAST = ["--size", "64", "--threads", "1", "--window", "4"]
 LENGTHS = (3, 9, 5, 14, 7, 11)  # six videos of different lengths: shares must balance frames, not names
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    monkeypatch.delenv("MUTR_DEBUG", raising=False)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
