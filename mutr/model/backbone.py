@@ -30,12 +30,10 @@ from mutr.model import kernels
 
 _HF_CONFIGS = {
     "resnet": "ResNetConfig",
-    "swin": "SwinConfig",
-    "convnext": "ConvNextConfig",
     "pvt_v2": "PvtV2Config",
 }
 # Kinds built by a module of mutr.model.backbones (see the module docstring).
-FAMILIES: tuple[str, ...] = ()
+FAMILIES: tuple[str, ...] = ("swin", "convnext")
 
 
 class FrozenBatchNorm2d(nn.Module):

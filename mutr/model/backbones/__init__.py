@@ -1,0 +1,1 @@
+"""Backbone families of the released MUTR checkpoints, one module each (see mutr.model.backbone)."""
