@@ -152,3 +152,15 @@ def test_pretraining_file_of_another_size_is_refused() -> None:
         backbone.load_pretrained(swin_imagenet_file(16, [2, 2, 2, 2], [1, 1, 2, 2]))
     with pytest.raises(CheckpointError, match="not an ImageNet Swin file"):
         backbone.load_pretrained(convnext_imagenet_file([1, 1, 2, 1], [8, 16, 24, 32]))
+
+
+def test_swin_keeps_window_7_and_shift_3_on_stages_smaller_than_the_window() -> None:
+    """The official Swin pads every stage to a multiple of 7 and shifts odd blocks by 3, even when
+    the stage is smaller than the window; transformers' SwinLayer would shrink the window and drop
+    the shift there (set_shift_and_window_size) unless SwinBackbone passes always_partition."""
+    body = swin.build(BackboneConfig("swin", SMALL_SWIN)).eval()
+    with torch.no_grad():
+        out = body(torch.randn(1, 3, 48, 80))  # stages 12x20, 6x10, 3x5, 2x3
+    assert [tuple(x.shape[-2:]) for x in out] == [(12, 20), (6, 10), (3, 5), (2, 3)]
+    for stage in body.swin.encoder.layers:
+        assert [(b.window_size, b.shift_size) for b in stage.blocks] == [(7, 0), (7, 3)]
