@@ -18,7 +18,8 @@ from mutr.errors import ConfigError
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Visual backbone built through transformers' ``AutoBackbone`` (random weights by default)."""
+    """Visual backbone: transformers' ``AutoBackbone`` (resnet, pvt_v2) or a backbone family of
+    ``mutr.model.backbones`` (swin, convnext, ...); random weights by default."""
 
     kind: Literal["resnet", "swin", "convnext", "pvt_v2", "video_swin", "convmae"] = "resnet"
     # Keyword arguments of the transformers config class (ResNetConfig, SwinConfig, ...).
@@ -26,7 +27,9 @@ class BackboneConfig:
     # Parameters whose name contains one of these stay trainable; empty = all trainable.
     # The official ResNet trains layer2..4 only (stem and layer1 frozen).
     trainable: tuple[str, ...] = ()
-    # Pretrained weights for training from scratch (HF Hub id or directory); None = random init.
+    # Pretrained weights for training from scratch; None = random init. AutoBackbone kinds: an HF
+    # Hub id or directory. Family kinds: a registry name (`mutr download --list`, kind backbone) or
+    # a local .pth in the official recipe's layout, loaded by the trainer (the model never reads it).
     pretrained: str | None = None
 
 
@@ -252,6 +255,7 @@ def _r101() -> MUTRConfig:
 
 
 def _swin_l() -> MUTRConfig:
+    # the official swin_l_p4w7: SwinConfig keyword arguments (mutr.model.backbones.swin)
     params = dict(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=7,
                   drop_path_rate=0.3)
     return replace(_r50(), name="swin-l", backbone=BackboneConfig("swin", params))
@@ -265,7 +269,8 @@ def _video_swin(name: str, embed_dim: int, depths: list[int], num_heads: list[in
 
 
 def _convnext_l() -> MUTRConfig:
-    params = dict(depths=[3, 3, 27, 3], hidden_sizes=[192, 384, 768, 1536], drop_path_rate=0.3)
+    # the official convnext_large: ConvNextConfig keyword arguments (mutr.model.backbones.convnext)
+    params = dict(depths=[3, 3, 27, 3], hidden_sizes=[192, 384, 768, 1536], drop_path_rate=0.5)
     return replace(_r50(), name="convnext-l", backbone=BackboneConfig("convnext", params))
 
 

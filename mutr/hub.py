@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, Optional[int]], None]
 """``progress(done_bytes, total_bytes_or_None)``, called as bytes arrive (once per file)."""
 
-Kind = Literal["official-mutr", "mutr", "vggish", "tokenizer"]
-KINDS: tuple[str, ...] = ("official-mutr", "mutr", "vggish", "tokenizer")
+Kind = Literal["official-mutr", "mutr", "backbone", "vggish", "tokenizer"]
+KINDS: tuple[str, ...] = ("official-mutr", "mutr", "backbone", "vggish", "tokenizer")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -83,7 +83,7 @@ class WeightsEntry:
     name: str
     kind: Kind
     files: tuple[WeightFile, ...]
-    preset: str | None = None  # the `MUTRConfig` preset an official checkpoint converts to
+    preset: str | None = None  # the `MUTRConfig` preset an official checkpoint converts to (a backbone: feeds)
     description: str = ""
     licence: str = ""
     scores: tuple[tuple[str, float], ...] = ()  # as reported by the authors
@@ -141,13 +141,42 @@ def _official(name: str, preset: str, backbone: str, drive_id: str, docs_id: str
     )
 
 
+def _backbone(name: str, preset: str, filename: str, url: str, what: str, licence: str) -> WeightsEntry:
+    return WeightsEntry(name=name, kind="backbone", files=(WeightFile(filename, urls=(url,)),), preset=preset,
+                        description=f"{what}: the backbone the official {preset} recipe trains from",
+                        licence=licence)
+
+
+_SWIN_STORAGE = "https://github.com/SwinTransformer/storage/releases/download/"
+_VIDEO_SWIN_LICENCE = "Apache-2.0 (SwinTransformer/Video-Swin-Transformer); Kinetics terms apply"
+_BACKBONE_FILES = (
+    ("swin-l-in22k", "swin-l", "swin_large_patch4_window7_224_22k.pth",
+     _SWIN_STORAGE + "v1.0.0/swin_large_patch4_window7_224_22k.pth", "Swin-L ImageNet-22k (224, window 7)",
+     "MIT (microsoft/Swin-Transformer); ImageNet terms apply"),
+    ("video-swin-t-k400", "video-swin-t", "swin_tiny_patch244_window877_kinetics400_1k.pth",
+     _SWIN_STORAGE + "v1.0.4/swin_tiny_patch244_window877_kinetics400_1k.pth",
+     "Video-Swin-T Kinetics-400 (ImageNet-1k init; named in MUTR docs/Ref-YouTube-VOS.md)", _VIDEO_SWIN_LICENCE),
+    ("video-swin-s-k400", "video-swin-s", "swin_small_patch244_window877_kinetics400_1k.pth",
+     _SWIN_STORAGE + "v1.0.4/swin_small_patch244_window877_kinetics400_1k.pth",
+     "Video-Swin-S Kinetics-400 (ImageNet-1k init)", _VIDEO_SWIN_LICENCE),
+    ("video-swin-b-k600", "video-swin-b", "swin_base_patch244_window877_kinetics600_22k.pth",
+     _SWIN_STORAGE + "v1.0.4/swin_base_patch244_window877_kinetics600_22k.pth",
+     "Video-Swin-B Kinetics-600 (ImageNet-22k init)", _VIDEO_SWIN_LICENCE),
+    ("convnext-l-in22k", "convnext-l", "convnext_large_22k_224.pth",
+     "https://dl.fbaipublicfiles.com/convnext/convnext_large_22k_224.pth", "ConvNeXt-L ImageNet-22k (224)",
+     "MIT (facebookresearch/ConvNeXt); ImageNet terms apply"),
+    ("convmae-b-in1k", "convmae-b", "convmae_base_1600ep.pth", _drive("1AEPivXw0A0b_m5EwEi6fg2pOAoDr8C31"),
+     "ConvMAE-B ImageNet-1k self-supervised, 1600 epochs (Alpha-VL/ConvMAE README)",
+     "MIT (Alpha-VL/ConvMAE); ImageNet terms apply"),
+)
+
+
 _VGGISH_LICENCE = "Apache-2.0 (Google's AudioSet VGGish weights)"
 _TORCHVGGISH = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
 
-# The model zoo of OpenGVLab/MUTR README.md (c5f5044). Backbones without a mutr preset are not
-# registered; their README ids: Video-Swin-T 1-TkdQksTrmB253ao99NgnmsrsQkous2V, Video-Swin-S
-# 1Z4ENlWAKIEp44HC0OH4CjsZXgQTMTvDK, Video-Swin-B 1-ezn8H2GPTc7o6cUGN1r3DI6sDLF2J5s,
-# ConvMAE-B 1_hHPVici-RIcn7ocvn6RPDSMG4gJA5Pj. No sha256 or size is published for any of them.
+# The model zoo of OpenGVLab/MUTR README.md (c5f5044): both tables (Ref-YouTube-VOS, Ref-DAVIS17,
+# J&F / J / F). The README ids come first, the docs/Ref-YouTube-VOS.md ids (May 2023) second. No
+# sha256 or size is published for any of them.
 _ENTRIES: tuple[WeightsEntry, ...] = (
     _official("mutr-r50", "r50", "ResNet-50", "1W1hSYd1DDFdhl46rpE1Y1OgsG1N5Zh7B",
               "1bNkR4n7be3hYwtaYp75c2WNrbmyh-Ik2", (61.9, 60.4, 63.4), (65.3, 62.4, 68.2)),
@@ -155,8 +184,23 @@ _ENTRIES: tuple[WeightsEntry, ...] = (
               "1ZOev9AZM_GRpnsKjg0_gpRFKGrJcm0S5", (63.6, 61.8, 65.4), (65.3, 61.9, 68.6)),
     _official("mutr-swin-l", "swin-l", "Swin-L", "1PrWZjppjxEvJe2wQ7a3augG4iRQX1pLJ",
               "1e2-BXV3HGxPxWFKO-z34PZDBShCzEmz9", (68.4, 66.4, 70.4), (68.0, 64.8, 71.3)),
+    _official("mutr-video-swin-t", "video-swin-t", "Video-Swin-T", "1-TkdQksTrmB253ao99NgnmsrsQkous2V",
+              "1-TkdQksTrmB253ao99NgnmsrsQkous2V", (64.0, 62.2, 65.8), (66.5, 63.0, 70.0)),
+    _official("mutr-video-swin-s", "video-swin-s", "Video-Swin-S", "1Z4ENlWAKIEp44HC0OH4CjsZXgQTMTvDK",
+              "1gVeOE20nmZzONTQSdBhPHBg_hBZnXgxI", (65.1, 63.0, 67.1), (66.1, 62.6, 69.8)),
+    _official("mutr-video-swin-b", "video-swin-b", "Video-Swin-B", "1-ezn8H2GPTc7o6cUGN1r3DI6sDLF2J5s",
+              "11poAYPbJDB2R_DlsDhRrSYvgOzaihpTN", (67.5, 65.4, 69.6), (66.4, 62.8, 70.0)),
     _official("mutr-convnext-l", "convnext-l", "ConvNeXt-L", "1w4o392nrKEDd2JqlBcu5r1ZqoSAMtFwD",
               "1d6C73EmSpQZBIuhBDu1gnzibDXYxCYDz", (66.7, 64.8, 68.7), (69.0, 65.6, 72.4)),
+    _official("mutr-convmae-b", "convmae-b", "ConvMAE-B", "1_hHPVici-RIcn7ocvn6RPDSMG4gJA5Pj",
+              "1kM9VLjdzl_YKN09WD6iSzmvtxVYU_NiE", (66.9, 64.7, 69.1), (69.2, 65.6, 72.8)),
+    # The backbone weights each official training recipe starts from (`--backbone_pretrained`),
+    # for `mutr train` (model.backbone.pretrained); converted by the preset's backbone family
+    # (`convert_pretrained`). MUTR's docs name only the Video-Swin-T file; the others are the
+    # files of the same releases that the official loaders read (Swin: init_weights, checkpoint
+    # ['model']; ConvNeXt: checkpoint_filter_fn; Video-Swin: ['state_dict'] with backbone.*;
+    # ConvMAE: ['model']).
+    *(_backbone(*spec) for spec in _BACKBONE_FILES),
     WeightsEntry(
         name="vggish",
         kind="vggish",

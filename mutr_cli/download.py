@@ -32,6 +32,9 @@ Dir = Annotated[Optional[Path], typer.Option(
 ListFlag = Annotated[bool, typer.Option("--list", help="List the registered weights and exit.")]
 
 
+_JF = ("Ref-YouTube-VOS J&F", "Ref-DAVIS17 J&F")
+
+
 def _size(n: Optional[int]) -> str:
     if n is None:
         return "?"
@@ -46,23 +49,25 @@ def _print_list() -> None:
     entries = hub.list_entries()
     inline = stdout.width >= 120  # sources go in the table when they fit, else below it
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    for header in ("name", "kind", "preset", "size", "J&F", "verified", "downloaded"):
-        table.add_column(header, no_wrap=True, justify="right" if header in ("size", "J&F") else "left",
+    for header in ("name", "kind", "preset", "size", "YTVOS", "DAVIS", "verified", "downloaded"):
+        table.add_column(header, no_wrap=True, justify="right" if header in ("size", "YTVOS", "DAVIS") else "left",
                          min_width=max(len(e.name) for e in entries) if header == "name" else None)
     if inline:
         table.add_column("source", overflow="fold")
     for entry in entries:
-        score = f"{entry.scores[0][1]:.1f}" if entry.scores else "-"
+        scores = dict(entry.scores)
+        ytvos, davis = (f"{scores[k]:.1f}" if k in scores else "-" for k in _JF)
         check = {"sha256": "sha256", "prefix": "prefix", "none": "no"}[entry.verified]
-        row = [entry.name, entry.kind, entry.preset or "-", _size(entry.size), score, check,
+        row = [entry.name, entry.kind, entry.preset or "-", _size(entry.size), ytvos, davis, check,
                "yes" if hub.is_downloaded(entry) else "no"]
         table.add_row(*row, *([entry.source] if inline else []))
     stdout.print(table)
     if not inline:
         for entry in entries:
             stdout.print(f"{entry.name}: {entry.source}", highlight=False, soft_wrap=True)
-    stdout.print("J&F: Ref-YouTube-VOS, as reported by the MUTR authors; prefix: the first 8 hex digits "
-                 "of the sha256 are known; (+n): fallback sources", style="dim")
+    stdout.print("YTVOS / DAVIS: J&F on Ref-YouTube-VOS / Ref-DAVIS17, as reported by the MUTR authors; "
+                 "backbone: the weights a preset's official training starts from (model.backbone.pretrained); "
+                 "prefix: the first 8 hex digits of the sha256 are known; (+n): fallback sources", style="dim")
 
 
 class _Bar:

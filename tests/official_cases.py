@@ -6,6 +6,7 @@ saves ``inputs.pt`` / ``outputs.pt`` (see tests/fixtures/official/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
 
@@ -53,9 +54,22 @@ def keyed_state_dict(shapes: dict[str, list[int]], seed: int) -> dict[str, torch
 
 def build_from_official(state: dict[str, torch.Tensor]) -> MUTR:
     converted, config = convert_state_dict(state)
-    model = MUTR(config)
-    model.load_state_dict_checked(converted)
+    with _no_random_init():
+        model = MUTR(config)
+    model.load_state_dict_checked(converted)  # strict: every parameter and buffer is overwritten
     return model.eval()
+
+
+def _no_random_init():
+    """Skip the random init of the model's weights (seconds for a 350M-parameter backbone): the
+    strict load right after overwrites every parameter and persistent buffer, and the derived
+    non-persistent buffers (relative position indices, position ids) are built by the module
+    constructors, not by init functions. transformers' own context where it has one."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: plain init
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _no_dropout_train(model: MUTR) -> None:

@@ -160,7 +160,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_registry_entries_are_consistent():
     names = [e.name for e in hub.list_entries()]
     assert len(names) == len(set(names))
-    presets = {"r50", "r101", "swin-l", "convnext-l", "pvtv2-b5", "tiny"}
+    presets = {"r50", "r101", "swin-l", "video-swin-t", "video-swin-s", "video-swin-b", "convnext-l", "convmae-b"}
     for entry in hub.list_entries():
         assert entry.kind in hub.KINDS and entry.licence and entry.files
         for wf in entry.files:
@@ -173,7 +173,15 @@ def test_registry_entries_are_consistent():
         if entry.kind == "official-mutr":
             assert entry.preset in presets
             assert all(hub.gdrive_id(u) for u in entry.files[0].urls)
-            assert dict(entry.scores)["Ref-YouTube-VOS J&F"] > 60
+            scores = dict(entry.scores)
+            assert scores["Ref-YouTube-VOS J&F"] > 60 and scores["Ref-DAVIS17 J&F"] > 60
+            for data in ("Ref-YouTube-VOS", "Ref-DAVIS17"):  # J&F is the mean of J and F (all three rounded)
+                assert abs(scores[f"{data} J&F"] - (scores[f"{data} J"] + scores[f"{data} F"]) / 2) <= 0.1 + 1e-9
+        if entry.kind == "backbone":
+            assert entry.preset in presets and not entry.scores
+    official = {e.preset: e.name for e in hub.list_entries() if e.kind == "official-mutr"}
+    assert official == {p: f"mutr-{p}" for p in presets}  # all eight released checkpoints
+    assert {e.preset for e in hub.list_entries() if e.kind == "backbone"} == presets - {"r50", "r101"}
 
 
 def test_readme_drive_ids_come_first():
@@ -182,6 +190,11 @@ def test_readme_drive_ids_come_first():
                                                  "1bNkR4n7be3hYwtaYp75c2WNrbmyh-Ik2"]
     assert hub.REGISTRY["vggish"].files[0].sha256_prefix == "10086976"
     assert hub.REGISTRY["mutr-r50"].verified == "none"
+    # README (June 2025) id first, docs/ (May 2023) id second; Video-Swin-T has one id in both
+    assert [hub.gdrive_id(u) for u in hub.REGISTRY["mutr-convmae-b"].files[0].urls] == [
+        "1_hHPVici-RIcn7ocvn6RPDSMG4gJA5Pj", "1kM9VLjdzl_YKN09WD6iSzmvtxVYU_NiE"]
+    assert [hub.gdrive_id(u) for u in hub.REGISTRY["mutr-video-swin-t"].files[0].urls] == [
+        "1-TkdQksTrmB253ao99NgnmsrsQkous2V"]
 
 
 def test_unknown_name_suggests_the_nearest():

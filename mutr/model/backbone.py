@@ -30,12 +30,10 @@ from mutr.model import kernels
 
 _HF_CONFIGS = {
     "resnet": "ResNetConfig",
-    "swin": "SwinConfig",
-    "convnext": "ConvNextConfig",
     "pvt_v2": "PvtV2Config",
 }
 # Kinds built by a module of mutr.model.backbones (see the module docstring).
-FAMILIES: tuple[str, ...] = ("video_swin", "convmae")
+FAMILIES: tuple[str, ...] = ("swin", "convnext", "video_swin", "convmae")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -96,6 +94,7 @@ class Backbone(nn.Module):
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
         own = family(config.kind)
+        self.kind = config.kind
         self.temporal = False
         self._own = own is not None
         if own is not None:
@@ -118,6 +117,30 @@ class Backbone(nn.Module):
         if config.trainable:
             for name, param in self.body.named_parameters():
                 param.requires_grad_(any(key in name for key in config.trainable))
+
+    def load_pretrained(self, state: dict[str, Tensor]) -> list[str]:
+        """Load a family's official pretraining file (its ImageNet / Kinetics backbone state, already
+        read by the caller) through the family's ``convert_pretrained``; returns the names left at
+        their init (those the official recipe leaves too, e.g. output norms). Reading the file and
+        resolving a registry name happen above the model (the trainer)."""
+        from mutr.errors import CheckpointError
+
+        own = family(self.kind)
+        if own is None:
+            raise ConfigError(f"backbone kind {self.kind!r} takes pretrained weights through "
+                              "backbone.pretrained (an HF Hub id or folder), not an official pretraining file")
+        converted = {k[len("body."):]: v for k, v in own.convert_pretrained(state).items()}
+        expected = self.body.state_dict()
+        unexpected = sorted(set(converted) - set(expected))
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in converted.items()
+                 if k in expected and v.shape != expected[k].shape]
+        if unexpected or wrong:
+            detail = "; ".join(f"{label}: {', '.join(items[:4])}" for label, items in
+                               (("unexpected", unexpected), ("wrong shape", wrong)) if items)
+            raise CheckpointError(f"the pretrained backbone file does not fit this {self.kind} backbone ({detail}); "
+                                  "use the file of the preset's official recipe (`mutr download --list`, kind backbone)")
+        self.body.load_state_dict(converted, strict=False)
+        return sorted(set(expected) - set(converted))
 
     def forward(self, images: Tensor, frames: int = 1) -> list[Tensor]:
         if self._own:

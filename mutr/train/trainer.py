@@ -139,6 +139,8 @@ class Trainer:
             self.model.audio_encoder.encoder.load_weights(cfg.model.audio_weights)
         if cfg.model.init and resume_state is None:
             _load_init(self.model, cfg.model.init, cfg.model.init_strict)
+        elif resume_state is None and self.model.backbone._own and self.model.config.backbone.pretrained:
+            load_backbone_pretrained(self.model, self.model.config.backbone.pretrained)
         if cfg.model.disable_dropout:
             _disable_dropout(self.model)
         self.model.to(self.device).train()
@@ -434,6 +436,36 @@ def _load_init(model: torch.nn.Module, init: str, strict: bool) -> None:
     model.load_state_dict(fitting, strict=False)
     log.info("model.init: loaded %d tensors, skipped %d, left %d at their init", len(fitting), len(skipped),
              len(missing))
+
+
+def load_backbone_pretrained(model: torch.nn.Module, source: str) -> Path:
+    """Start a backbone family (swin, convnext, ...) from the official recipe's pretraining file:
+    ``source`` is a local ``.pth`` or a registry name of kind ``backbone`` (downloaded into the
+    cache if needed). The file is read with ``torch.load(weights_only=True)`` and mapped by the
+    family's ``convert_pretrained``; returns the file used."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        from mutr import hub
+
+        if source not in hub.REGISTRY:
+            raise ConfigError(f"model.backbone.pretrained {source!r} is neither a file nor a registry name; "
+                              "see `mutr download --list` (kind backbone)")
+        entry = hub.get_entry(source)
+        if entry.kind != "backbone":
+            raise ConfigError(f"model.backbone.pretrained {source!r} is a {entry.kind} entry, not backbone weights; "
+                              "see `mutr download --list` (kind backbone)")
+        path = hub.download(source)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(f"{path} is not a readable PyTorch file ({first}); is it truncated? "
+                              "download it again") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state_dict; give the official recipe's backbone file")
+    left = model.backbone.load_pretrained(state)
+    log.info("backbone: loaded %s (%d tensors left at their init: %s)", path, len(left), ", ".join(left[:4]))
+    return path
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

@@ -53,6 +53,10 @@ def test_list_shows_the_registry():
     for name in ("mutr-r50", "mutr-swin-l", "vggish", "roberta-base-tokenizer"):
         assert name in result.stdout
     assert "official-mutr" in result.stdout and "61.9" in result.stdout
+    # both J&F columns: Ref-YouTube-VOS then Ref-DAVIS17 (ConvMAE-B: 66.9, 69.2)
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("mutr-convmae-b"))
+    assert row.split()[4:6] == ["66.9", "69.2"]
+    assert "swin-l-in22k" in result.stdout and "backbone" in result.stdout
 
 
 def test_download_url_prints_the_path(url, tmp_path):
