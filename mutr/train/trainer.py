@@ -441,8 +441,9 @@ def _load_init(model: torch.nn.Module, init: str, strict: bool) -> None:
 def load_backbone_pretrained(model: torch.nn.Module, source: str) -> Path:
     """Start a backbone family (swin, convnext, ...) from the official recipe's pretraining file:
     ``source`` is a local ``.pth`` or a registry name of kind ``backbone`` (downloaded into the
-    cache if needed). The file is read with ``torch.load(weights_only=True)`` and mapped by the
-    family's ``convert_pretrained``; returns the file used."""
+    cache if needed). The file is read as official checkpoints are (``torch.load(weights_only=True)``,
+    ``{"model": ...}`` / ``{"state_dict": ...}`` unwrapped) and mapped by the family's
+    ``convert_pretrained``; returns the file used."""
     path = Path(source).expanduser()
     if not path.is_file():
         from mutr import hub
@@ -455,15 +456,9 @@ def load_backbone_pretrained(model: torch.nn.Module, source: str) -> Path:
             raise ConfigError(f"model.backbone.pretrained {source!r} is a {entry.kind} entry, not backbone weights; "
                               "see `mutr download --list` (kind backbone)")
         path = hub.download(source)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise CheckpointError(f"{path} is not a readable PyTorch file ({first}); is it truncated? "
-                              "download it again") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds no state_dict; give the official recipe's backbone file")
-    left = model.backbone.load_pretrained(state)
+    from mutr.convert import load_official_checkpoint  # the same safe reader as official checkpoints
+
+    left = model.backbone.load_pretrained(load_official_checkpoint(path))
     log.info("backbone: loaded %s (%d tensors left at their init: %s)", path, len(left), ", ".join(left[:4]))
     return path
 

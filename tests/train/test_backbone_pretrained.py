@@ -73,7 +73,7 @@ def test_bad_pretraining_sources_are_one_line_errors(tmp_path, recipe) -> None:
     torch.save(swin_imagenet_file(8, [2, 2, 2, 2], [1, 1, 2, 2]), tmp_path / "w.pth")
     data = (tmp_path / "w.pth").read_bytes()
     (tmp_path / "w.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         Trainer(_recipe(recipe, tmp_path / "a", "swin", SMALL_SWIN, str(tmp_path / "w.pth"))).fit()
     with pytest.raises(ConfigError, match="is a official-mutr entry, not backbone weights"):
         Trainer(_recipe(recipe, tmp_path / "b", "swin", SMALL_SWIN, "mutr-swin-l")).fit()
