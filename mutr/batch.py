@@ -30,7 +30,6 @@ A video that fails is recorded with its one-line error and the others go on.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -45,7 +44,7 @@ from typing import Any
 
 from mutr.distributed import World, balanced_shares
 from mutr.errors import InputError, MutrError
-from mutr.files import atomic_write
+from mutr.files import atomic_write, remove_path, replace_path
 from mutr.io.video import IMAGE_EXTENSIONS, open_source
 from mutr.outputs import OUTPUT_NAMES, write_outputs
 
@@ -321,9 +320,9 @@ def _segment_one(predictor, job: VideoJob, options: SegmentOptions, rank: int,
                                 window=options.window, size=options.size)
         emit(BatchEvent("video", job, total=run.total))
         summary = write_outputs(run, tmp, options.formats, on_result=lambda _r: emit(BatchEvent("frame", job)))
-        _commit(tmp, out)
+        replace_path(tmp, out, out.parent / f".{out.name}{_TMP}old-{uuid.uuid4().hex[:8]}")
     except Exception as e:  # noqa: BLE001 - one video's failure must not stop the others
-        _remove(tmp)
+        remove_path(tmp)
         if raise_errors:
             raise
         error = str(e) or type(e).__name__
@@ -332,29 +331,10 @@ def _segment_one(predictor, job: VideoJob, options: SegmentOptions, rank: int,
         return VideoStatus(str(job.video), str(out), "failed", seconds=round(time.perf_counter() - began, 3),
                            error=error.splitlines()[0] if error else error, rank=rank)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
     return VideoStatus(str(job.video), str(out), "done", summary.frames, list(run.prompts),
                        round(time.perf_counter() - began, 3), rank=rank)
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder to ``out`` (an existing ``out``: --overwrite)."""
-    if out.exists():
-        old = out.parent / f".{out.name}{_TMP}old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        _remove(old)
-    else:
-        os.replace(tmp, out)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 # ---------------------------------------------------------------------- summary

@@ -8,7 +8,9 @@ writing).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -48,3 +50,23 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_path(tmp: Path, path: Path, aside: Path | None = None) -> None:
+    """Move the finished ``tmp`` (a file or a folder) to ``path``. A folder cannot replace a folder
+    atomically: with ``aside``, an existing ``path`` is first renamed there and removed afterwards."""
+    if aside is not None and path.exists():
+        os.replace(path, aside)
+        os.replace(tmp, path)
+        remove_path(aside)
+    else:
+        os.replace(tmp, path)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or folder if it is there (a temporary or a replaced output; errors ignored)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
-import shutil
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mutr.errors import InputError, MediaError, OutputExistsError
+from mutr.files import remove_path, replace_path
 from mutr.io.decode import Damage
 from mutr.io.overlay_audio import AudioTrack
 from mutr.io.video import Frame, VideoInfo
@@ -112,7 +111,7 @@ class _AtomicOutput:
             self._release()
         finally:
             if self.tmp_path is not None:
-                _remove(self.tmp_path)
+                remove_path(self.tmp_path)
 
     def __enter__(self):
         return self
@@ -138,24 +137,11 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 
 
 def _commit(tmp: Path, path: Path, *, is_dir: bool) -> None:
+    aside = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old" if is_dir else None
     try:
-        if is_dir and path.exists():
-            # A folder cannot replace a folder atomically: move the old one aside first.
-            old = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        replace_path(tmp, path, aside)
     except OSError as e:
         raise MediaError(f"cannot move the finished output to {path} ({e.strerror}): choose another --out") from e
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _as_masks(masks: Sequence, n: int, height: int, width: int, allow_none: bool) -> list[np.ndarray | None]:
